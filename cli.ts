@@ -1,0 +1,254 @@
+/**
+ * `faas`: the command-line client of a faasd control API.
+ *
+ *     deno task faas [--url URL] new IMAGE [--name N] [--tar FILE]
+ *     deno task faas [--url URL] ip NAME | list [--json] | delete NAME | logs NAME [-f]
+ *
+ * `FAAS_URL` is the default for `--url` (else http://127.0.0.1:8080). Every failure prints one line and exits 1.
+ *
+ * @module
+ */
+
+import { parseArgs } from "node:util";
+import { nameFromImage } from "./lib/names.ts";
+
+const USAGE = `Usage: faas [--url URL] <command> [options]
+
+Commands:
+  new IMAGE [--name N] [--tar FILE]  deploy a local image (docker save / podman save streamed to faasd), print its IP
+  ip NAME                            print the IP of a function
+  list [--json]                      list functions: IMAGE  IP  STATUS
+  delete NAME                        stop serving a function, free its IP, remove its image
+  logs NAME [-f]                     print a function's container output; -f follows it
+
+Options:
+  --url URL   faasd control API (env FAAS_URL, default http://127.0.0.1:8080)
+  --help      help for faas or for a command
+`;
+
+const COMMAND_HELP: Record<string, string> = {
+  new: `Usage: faas new IMAGE [--name N] [--tar FILE]
+
+Exports IMAGE with \`docker save\` (or \`podman save\` where docker has no such image) and streams it straight to
+faasd, which imports it into containerd and serves it on its own IP. Prints the IP.
+  --name N    function name (default: derived from IMAGE, e.g. registry/my-handler:1 → my-handler)
+  --tar FILE  upload FILE (a docker save / podman save tarball) instead of exporting IMAGE
+`,
+  ip: "Usage: faas ip NAME\n\nPrints the IP address of function NAME.\n",
+  list: "Usage: faas list [--json]\n\nLists deployed functions as a table IMAGE  IP  STATUS, or as faasd's JSON.\n",
+  delete: "Usage: faas delete NAME\n\nStops serving NAME, frees its IP and removes its image.\n",
+  logs: "Usage: faas logs NAME [-f]\n\nPrints the output of NAME's containers; -f keeps following it.\n",
+};
+
+/** A failure to report as one line. */
+class CliError extends Error {}
+
+function baseUrl(url: string | undefined): string {
+  return (url ?? Deno.env.get("FAAS_URL") ?? "http://127.0.0.1:8080").replace(/\/+$/, "");
+}
+
+async function call(url: string, path: string, init: RequestInit = {}): Promise<Response> {
+  let res: Response;
+  try {
+    res = await fetch(`${url}${path}`, init);
+  } catch (e) {
+    const cause = (e as Error).cause instanceof Error ? ((e as Error).cause as Error).message : "";
+    throw new CliError(`cannot reach faasd at ${url}: ${cause || (e as Error).message}`);
+  }
+  if (!res.ok) {
+    const text = await res.text();
+    let message = text.trim();
+    try {
+      message = (JSON.parse(text) as { error?: string }).error ?? message;
+    } catch { /* not JSON: show as is */ }
+    throw new CliError(`${message || res.statusText} (HTTP ${res.status})`);
+  }
+  return res;
+}
+
+function formatBytes(n: number): string {
+  return n >= 1024 ** 3
+    ? `${(n / 1024 ** 3).toFixed(2)} GiB`
+    : n >= 1024 ** 2
+    ? `${(n / 1024 ** 2).toFixed(1)} MiB`
+    : `${(n / 1024).toFixed(0)} KiB`;
+}
+
+/** Counts bytes through a stream and shows progress on a terminal's stderr. */
+function withProgress(source: ReadableStream<Uint8Array>, total?: number): ReadableStream<Uint8Array> {
+  if (!Deno.stderr.isTerminal()) return source;
+  let sent = 0;
+  let last = 0;
+  const encoder = new TextEncoder();
+  const show = () => {
+    const pct = total ? ` (${Math.floor((sent / total) * 100)}%)` : "";
+    Deno.stderr.writeSync(encoder.encode(`\ruploading ${formatBytes(sent)}${pct}   `));
+  };
+  return source.pipeThrough(
+    new TransformStream({
+      transform(chunk, controller) {
+        sent += chunk.length;
+        if (Date.now() - last > 100) {
+          last = Date.now();
+          show();
+        }
+        controller.enqueue(chunk);
+      },
+      flush() {
+        show();
+        Deno.stderr.writeSync(encoder.encode("\n"));
+      },
+    }),
+  );
+}
+
+async function succeeds(cmd: string, args: string[]): Promise<boolean> {
+  try {
+    return (await new Deno.Command(cmd, { args, stdout: "null", stderr: "null" }).output()).success;
+  } catch {
+    return false; // not installed
+  }
+}
+
+/** Which engine holds `image`: docker when its engine has it, else podman. */
+async function engineFor(image: string): Promise<string> {
+  const forced = Deno.env.get("FAAS_ENGINE");
+  if (forced) return forced;
+  for (const engine of ["docker", "podman"]) {
+    if (await succeeds(engine, ["image", "inspect", image])) return engine;
+  }
+  throw new CliError(`image ${image} not found in docker or podman (build it first, or pass --tar FILE)`);
+}
+
+/** `ENGINE save IMAGE` as a stream that errors when the export fails, so a broken export aborts the upload. */
+function exportImage(engine: string, image: string): ReadableStream<Uint8Array> {
+  const child = new Deno.Command(engine, { args: ["save", image], stdout: "piped", stderr: "piped" }).spawn();
+  const stderr = new Response(child.stderr).text();
+  const reader = child.stdout.getReader();
+  return new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      const { done, value } = await reader.read();
+      if (!done) return controller.enqueue(value);
+      const status = await child.status;
+      if (status.success) return controller.close();
+      const message = (await stderr).trim().split("\n").pop();
+      controller.error(new CliError(`${engine} save ${image} failed: ${message || `exit ${status.code}`}`));
+    },
+    cancel() {
+      child.kill();
+    },
+  });
+}
+
+async function cmdNew(url: string, args: string[]): Promise<void> {
+  const { values, positionals } = parseArgs({
+    args,
+    options: { name: { type: "string" }, tar: { type: "string" } },
+    allowPositionals: true,
+  });
+  const image = positionals[0];
+  if (!image && !values.tar) throw new CliError("faas new needs an IMAGE (or --tar FILE); see faas new --help");
+  if (positionals.length > 1) throw new CliError(`unexpected argument ${positionals[1]}`);
+  const name = values.name ?? nameFromImage(image ?? values.tar!.replace(/^.*\//, "").replace(/\.tar(\.gz)?$/, ""));
+  let body: ReadableStream<Uint8Array>;
+  let total: number | undefined;
+  if (values.tar) {
+    try {
+      const file = await Deno.open(values.tar);
+      total = (await file.stat()).size;
+      body = file.readable;
+    } catch (e) {
+      throw new CliError(`cannot read ${values.tar}: ${(e as Error).message}`);
+    }
+  } else {
+    body = exportImage(await engineFor(image!), image!);
+  }
+  const headers: Record<string, string> = { "x-image-name": name, "content-type": "application/x-tar" };
+  if (total !== undefined) headers["content-length"] = String(total);
+  let res: Response;
+  try {
+    res = await call(url, "/api/new", { method: "POST", headers, body: withProgress(body, total) });
+  } catch (e) {
+    // An export failure surfaces as the upload's cause; show that rather than the transport's message.
+    const cause = (e as Error).cause;
+    throw cause instanceof CliError ? cause : e;
+  }
+  const { ip } = await res.json() as { ip: string };
+  console.log(ip);
+}
+
+async function cmdIp(url: string, args: string[]): Promise<void> {
+  const [name] = parseArgs({ args, allowPositionals: true }).positionals;
+  if (!name) throw new CliError("faas ip needs a NAME");
+  console.log((await (await call(url, `/api/ip/${encodeURIComponent(name)}`)).json() as { ip: string }).ip);
+}
+
+async function cmdList(url: string, args: string[]): Promise<void> {
+  const { values } = parseArgs({ args, options: { json: { type: "boolean" } } });
+  const data = await (await call(url, "/api/list")).json() as Record<string, { ip: string; status: string }>;
+  if (values.json) return console.log(JSON.stringify(data, null, 2));
+  const rows = [["IMAGE", "IP", "STATUS"], ...Object.entries(data).map(([name, f]) => [name, f.ip, f.status])];
+  const width = [0, 1].map((i) => Math.max(...rows.map((r) => r[i]!.length)) + 2);
+  for (const r of rows) console.log(r[0]!.padEnd(width[0]!) + r[1]!.padEnd(width[1]!) + r[2]);
+}
+
+async function cmdDelete(url: string, args: string[]): Promise<void> {
+  const [name] = parseArgs({ args, allowPositionals: true }).positionals;
+  if (!name) throw new CliError("faas delete needs a NAME");
+  await call(url, `/api/functions/${encodeURIComponent(name)}`, { method: "DELETE" });
+  console.log(`deleted ${name}`);
+}
+
+async function cmdLogs(url: string, args: string[]): Promise<void> {
+  const { values, positionals } = parseArgs({
+    args,
+    options: { follow: { type: "boolean", short: "f" } },
+    allowPositionals: true,
+  });
+  const name = positionals[0];
+  if (!name) throw new CliError("faas logs needs a NAME");
+  const res = await call(url, `/api/logs/${encodeURIComponent(name)}${values.follow ? "?follow=1" : ""}`);
+  await res.body?.pipeTo(Deno.stdout.writable, { preventClose: true });
+}
+
+const COMMANDS: Record<string, (url: string, args: string[]) => Promise<void>> = {
+  new: cmdNew,
+  ip: cmdIp,
+  list: cmdList,
+  delete: cmdDelete,
+  logs: cmdLogs,
+};
+
+/** Runs the CLI; returns the exit code. */
+export async function main(argv: string[]): Promise<number> {
+  try {
+    const { values, positionals, tokens } = parseArgs({
+      args: argv,
+      options: { url: { type: "string" }, help: { type: "boolean", short: "h" } },
+      allowPositionals: true,
+      strict: false,
+      tokens: true,
+    });
+    const first = tokens.find((t) => t.kind === "positional");
+    const command = positionals[0];
+    if (!command) {
+      if (values.help) return console.log(USAGE), 0;
+      throw new CliError("no command given; see faas --help");
+    }
+    const rest = argv.slice(first!.index + 1);
+    if (rest.includes("--help") || rest.includes("-h")) {
+      console.log(COMMAND_HELP[command] ?? USAGE);
+      return 0;
+    }
+    const run = COMMANDS[command];
+    if (!run) throw new CliError(`unknown command ${JSON.stringify(command)}; see faas --help`);
+    await run(baseUrl(values.url as string | undefined), rest);
+    return 0;
+  } catch (e) {
+    const message = e instanceof Error ? e.message : String(e);
+    console.error(`faas: ${message}`);
+    return 1;
+  }
+}
+
+if (import.meta.main) Deno.exit(await main(Deno.args));

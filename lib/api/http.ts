@@ -1,0 +1,47 @@
+/**
+ * JSON responses and the one mapping from errors to HTTP statuses for the control API. Every error answer is
+ * `{"error": "..."}`; 500 is kept for bugs.
+ *
+ * @module
+ */
+
+import { FunctionNotFoundError } from "../functions.ts";
+import { PoolExhaustedError } from "../ipam.ts";
+import { ContainerdError, isUnavailable } from "../containerd/errors.ts";
+import { ImageImportError } from "../images/errors.ts";
+import { ListenError } from "../serve.ts";
+
+/** An error that already knows its HTTP status (bad requests found by the handlers themselves). */
+export class HttpError extends Error {
+  constructor(readonly status: number, message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "HttpError";
+  }
+}
+
+/** A JSON response. */
+export function json(body: unknown, status = 200, headers: HeadersInit = {}): Response {
+  return new Response(JSON.stringify(body) + "\n", {
+    status,
+    headers: { "content-type": "application/json; charset=utf-8", ...headers },
+  });
+}
+
+/** The status an error is answered with. */
+export function statusOf(e: unknown): number {
+  if (e instanceof HttpError) return e.status;
+  if (e instanceof FunctionNotFoundError) return 404;
+  if (e instanceof PoolExhaustedError) return 503;
+  if (e instanceof ImageImportError) return e.tooLarge ? 413 : 400;
+  if (e instanceof ListenError) return 409;
+  if (e instanceof ContainerdError) return isUnavailable(e) ? 503 : 502;
+  return 500;
+}
+
+/** The `{"error": ...}` answer for `e`; unexpected errors are logged since they are bugs. */
+export function errorResponse(e: unknown): Response {
+  const status = statusOf(e);
+  const message = e instanceof Error ? e.message : String(e);
+  if (status === 500) console.error("faasd: internal error:", e);
+  return json({ error: message }, status);
+}

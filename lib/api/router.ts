@@ -1,0 +1,67 @@
+/**
+ * The control API: routes requests to the endpoint handlers (one module each) and turns what they throw into
+ * `{"error": ...}` answers. The result is a plain `(req) => Promise<Response>`, served by `Deno.serve` in main.ts
+ * and called directly in tests.
+ *
+ * @module
+ */
+
+import type { Functions } from "../functions.ts";
+import type { Metrics } from "../metrics.ts";
+import { deleteFunction } from "./delete.ts";
+import { healthz } from "./healthz.ts";
+import { errorResponse, HttpError, json } from "./http.ts";
+import { functionIp } from "./ip.ts";
+import { listFunctions } from "./list.ts";
+import { functionLogs } from "./logs.ts";
+import { metricsEndpoint } from "./metrics.ts";
+import { newFunction } from "./new.ts";
+
+/** What the API needs, handed in by the composition root. */
+export interface ApiDeps {
+  functions: Functions;
+  metrics: Metrics;
+  maxImageBytes: number;
+  logPath: (name: string) => string;
+  probe: () => Promise<Record<string, unknown>>;
+}
+
+type Route = {
+  method: string;
+  pattern: URLPattern;
+  handle: (req: Request, name: string) => Promise<Response>;
+};
+
+/** Builds the API handler. */
+export function createApi(deps: ApiDeps): (req: Request) => Promise<Response> {
+  const route = (method: string, pathname: string, handle: Route["handle"]): Route => ({
+    method,
+    pattern: new URLPattern({ pathname }),
+    handle,
+  });
+  const routes: Route[] = [
+    route("POST", "/api/new", newFunction(deps)),
+    route("GET", "/api/ip/:name", functionIp(deps)),
+    route("GET", "/api/list", listFunctions(deps)),
+    route("DELETE", "/api/functions/:name", deleteFunction(deps)),
+    route("GET", "/api/logs/:name", functionLogs(deps)),
+    route("GET", "/healthz", healthz(deps)),
+    route("GET", "/metrics", metricsEndpoint(deps)),
+  ];
+
+  return async (req: Request): Promise<Response> => {
+    try {
+      const matching = routes.filter((r) => r.pattern.test(req.url));
+      if (matching.length === 0) throw new HttpError(404, `no such endpoint: ${new URL(req.url).pathname}`);
+      const r = matching.find((r) => r.method === req.method);
+      if (!r) {
+        const allow = matching.map((r) => r.method).join(", ");
+        return json({ error: `method ${req.method} not allowed here; use ${allow}` }, 405, { allow });
+      }
+      const name = decodeURIComponent(r.pattern.exec(req.url)?.pathname.groups.name ?? "");
+      return await r.handle(req, name);
+    } catch (e) {
+      return errorResponse(e);
+    }
+  };
+}

@@ -1,0 +1,153 @@
+/**
+ * Daemon configuration: command-line flags, each with an environment fallback `FAASD_<NAME>` (e.g. `--ip-pool` ←
+ * `FAASD_IP_POOL`), then a default. Parsing is pure so it is unit-tested with a fake environment.
+ *
+ * @module
+ */
+
+import { parseArgs } from "node:util";
+import { IpPool } from "./ipam.ts";
+
+/** Everything the daemon is configured with. */
+export interface DaemonConfig {
+  api: { hostname: string; port: number };
+  stateDir: string;
+  ipPool: IpPool;
+  port: number;
+  containerd: string;
+  namespace: string;
+  runtime: string;
+  snapshotter: string;
+  maxImageBytes: number;
+  connectTimeoutMs: number;
+  requestTimeoutMs: number;
+  maxConcurrency: number;
+  logMaxBytes: number;
+  shutdownGraceMs: number;
+}
+
+interface FlagSpec {
+  env: string;
+  default: string;
+  help: string;
+}
+
+/** The flags, their env variables, defaults and help lines (also printed by `--help`). */
+export const FLAGS = {
+  "api": { env: "FAASD_API", default: "127.0.0.1:8080", help: "control API address HOST:PORT" },
+  "state-dir": { env: "FAASD_STATE_DIR", default: "/var/lib/faasd", help: "SQLite registry, sockets and logs" },
+  "ip-pool": { env: "FAASD_IP_POOL", default: "127.10.0.0/24", help: "CIDR handing out function IPs from host .10" },
+  "port": { env: "FAASD_PORT", default: "80", help: "port every function listens on" },
+  "containerd": { env: "FAASD_CONTAINERD", default: "/run/containerd/containerd.sock", help: "containerd socket" },
+  "namespace": { env: "FAASD_NAMESPACE", default: "faasd", help: "containerd namespace" },
+  "runtime": { env: "FAASD_RUNTIME", default: "runc", help: "OCI runtime binary for the runc v2 shim (runc, crun…)" },
+  "snapshotter": { env: "FAASD_SNAPSHOTTER", default: "overlayfs", help: "containerd snapshotter" },
+  "max-image-size": { env: "FAASD_MAX_IMAGE_SIZE", default: "2GiB", help: "largest accepted image upload" },
+  "connect-timeout": {
+    env: "FAASD_CONNECT_TIMEOUT",
+    default: "5s",
+    help: "how long a container may take to connect to /control.sock",
+  },
+  "request-timeout": { env: "FAASD_REQUEST_TIMEOUT", default: "60s", help: "how long one request's container may run" },
+  "max-concurrency": {
+    env: "FAASD_MAX_CONCURRENCY",
+    default: "32",
+    help: "containers one function may run at once; past it, 503",
+  },
+  "log-max-size": { env: "FAASD_LOG_MAX_SIZE", default: "10MiB", help: "size cap of each function's log file" },
+  "shutdown-grace": {
+    env: "FAASD_SHUTDOWN_GRACE",
+    default: "10s",
+    help: "how long SIGTERM waits for in-flight requests",
+  },
+} as const satisfies Record<string, FlagSpec>;
+
+/** Parses `10s`, `500ms`, `2m` or a bare number of seconds into milliseconds. @throws {TypeError} */
+export function parseDuration(text: string, what: string): number {
+  const m = /^(\d+(?:\.\d+)?)(ms|s|m|h)?$/.exec(text.trim());
+  if (!m) throw new TypeError(`invalid duration for ${what}: ${JSON.stringify(text)} (use e.g. 500ms, 5s, 2m)`);
+  const unit = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[m[2] ?? "s"]!;
+  return Math.round(Number(m[1]) * unit);
+}
+
+/** Parses `512MiB`, `2GiB`, `100MB` or a bare number of bytes. @throws {TypeError} */
+export function parseSize(text: string, what: string): number {
+  const m = /^(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|KiB|MiB|GiB)?$/i.exec(text.trim());
+  if (!m) throw new TypeError(`invalid size for ${what}: ${JSON.stringify(text)} (use e.g. 512MiB, 2GiB)`);
+  const units: Record<string, number> = {
+    b: 1,
+    kb: 1e3,
+    mb: 1e6,
+    gb: 1e9,
+    kib: 1024,
+    mib: 1024 ** 2,
+    gib: 1024 ** 3,
+  };
+  return Math.round(Number(m[1]) * units[(m[2] ?? "b").toLowerCase()]!);
+}
+
+function parsePort(text: string, what: string): number {
+  const port = Number(text);
+  if (!/^\d+$/.test(text) || port < 1 || port > 65535) {
+    throw new TypeError(`invalid port for ${what}: ${JSON.stringify(text)}`);
+  }
+  return port;
+}
+
+function parsePositiveInt(text: string, what: string): number {
+  const n = Number(text);
+  if (!/^\d+$/.test(text) || n < 1) {
+    throw new TypeError(`invalid ${what}: ${JSON.stringify(text)} (a whole number ≥ 1)`);
+  }
+  return n;
+}
+
+/** `--help` text for the daemon. */
+export function daemonHelp(): string {
+  const lines = Object.entries(FLAGS).map(([flag, spec]) =>
+    `  --${flag.padEnd(16)} ${spec.help} (env ${spec.env}, default ${spec.default})`
+  );
+  return `Usage: deno task faasd [flags]\n\nRuns the faasd daemon.\n\nFlags:\n${
+    lines.join("\n")
+  }\n  --help             this text\n`;
+}
+
+/**
+ * Parses daemon flags.
+ *
+ * @returns the config, or "help" when `--help` was given.
+ * @throws {TypeError} for an unknown flag or a malformed value, with a message fit to show the user.
+ * @throws {RangeError} for an IP pool too small to hand out an address.
+ */
+export function parseDaemonConfig(
+  args: string[],
+  env: (name: string) => string | undefined = (n) => Deno.env.get(n),
+): DaemonConfig | "help" {
+  const options = Object.fromEntries(
+    Object.keys(FLAGS).map((flag) => [flag, { type: "string" as const }]),
+  ) as Record<keyof typeof FLAGS, { type: "string" }>;
+  const { values } = parseArgs({ args, options: { ...options, help: { type: "boolean" } }, strict: true });
+  if (values.help) return "help";
+  const get = (flag: keyof typeof FLAGS): string =>
+    (values as Record<string, string | undefined>)[flag] ?? env(FLAGS[flag].env) ?? FLAGS[flag].default;
+
+  const api = get("api");
+  const colon = api.lastIndexOf(":");
+  if (colon <= 0) throw new TypeError(`invalid --api ${JSON.stringify(api)}: expected HOST:PORT`);
+  return {
+    api: { hostname: api.slice(0, colon), port: parsePort(api.slice(colon + 1), "--api") },
+    stateDir: get("state-dir"),
+    ipPool: new IpPool(get("ip-pool")),
+    port: parsePort(get("port"), "--port"),
+    containerd: get("containerd"),
+    namespace: get("namespace"),
+    runtime: get("runtime"),
+    snapshotter: get("snapshotter"),
+    maxImageBytes: parseSize(get("max-image-size"), "--max-image-size"),
+    connectTimeoutMs: parseDuration(get("connect-timeout"), "--connect-timeout"),
+    requestTimeoutMs: parseDuration(get("request-timeout"), "--request-timeout"),
+    maxConcurrency: parsePositiveInt(get("max-concurrency"), "--max-concurrency"),
+    logMaxBytes: parseSize(get("log-max-size"), "--log-max-size"),
+    shutdownGraceMs: parseDuration(get("shutdown-grace"), "--shutdown-grace"),
+  };
+}

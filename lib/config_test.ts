@@ -1,0 +1,43 @@
+import { assertEquals, assertThrows } from "../tests/assert.ts";
+import { parseDaemonConfig, parseDuration, parseSize } from "./config.ts";
+
+Deno.test("parseDaemonConfig() uses the documented defaults", () => {
+  const c = parseDaemonConfig([], () => undefined);
+  if (c === "help") throw new Error("unexpected help");
+  assertEquals(c.api, { hostname: "127.0.0.1", port: 8080 });
+  assertEquals(c.stateDir, "/var/lib/faasd");
+  assertEquals(c.ipPool.cidr, "127.10.0.0/24");
+  assertEquals(c.port, 80);
+  assertEquals(c.containerd, "/run/containerd/containerd.sock");
+  assertEquals(c.namespace, "faasd");
+  assertEquals(c.connectTimeoutMs, 5000);
+  assertEquals(c.requestTimeoutMs, 60000);
+  assertEquals(c.runtime, "runc");
+});
+
+Deno.test("parseDaemonConfig() prefers flags over FAASD_* env over defaults", () => {
+  const env: Record<string, string> = { FAASD_IP_POOL: "10.0.0.0/24", FAASD_PORT: "8081", FAASD_API: "0.0.0.0:9000" };
+  const c = parseDaemonConfig(["--port", "9090", "--request-timeout", "2s"], (n) => env[n]);
+  if (c === "help") throw new Error("unexpected help");
+  assertEquals(c.ipPool.cidr, "10.0.0.0/24");
+  assertEquals(c.port, 9090);
+  assertEquals(c.api, { hostname: "0.0.0.0", port: 9000 });
+  assertEquals(c.requestTimeoutMs, 2000);
+});
+
+Deno.test("parseDaemonConfig() rejects unknown flags and bad values", () => {
+  assertThrows(() => parseDaemonConfig(["--nope"], () => undefined));
+  assertThrows(() => parseDaemonConfig(["--port", "70000"], () => undefined), TypeError, "port");
+  assertThrows(() => parseDaemonConfig(["--api", "nohost"], () => undefined), TypeError, "HOST:PORT");
+  assertThrows(() => parseDaemonConfig(["--ip-pool", "10.0.0.0/30"], () => undefined), RangeError);
+  assertEquals(parseDaemonConfig(["--help"], () => undefined), "help");
+});
+
+Deno.test("parseDuration() and parseSize() read human units", () => {
+  assertEquals(parseDuration("500ms", "x"), 500);
+  assertEquals(parseDuration("2m", "x"), 120000);
+  assertEquals(parseDuration("3", "x"), 3000);
+  assertEquals(parseSize("2GiB", "x"), 2 * 1024 ** 3);
+  assertEquals(parseSize("10MB", "x"), 10_000_000);
+  assertThrows(() => parseSize("lots", "x"), TypeError);
+});

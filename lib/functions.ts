@@ -1,0 +1,163 @@
+/**
+ * Deployed functions: deploy, look up, list and delete, keeping the registry, the image store, the host addresses
+ * and the listeners in step. Each step that can fail is undone when a later one fails, so a failed deploy leaves
+ * nothing behind and a replaced function keeps serving its old image.
+ *
+ * @module
+ */
+
+import { assertValidName } from "./names.ts";
+import { type IpPool, PoolExhaustedError } from "./ipam.ts";
+import type { DeployedImage, FunctionRecord, Registry } from "./registry.ts";
+
+/** Raised for a function name that is not deployed; the API answers 404. */
+export class FunctionNotFoundError extends Error {
+  constructor(name: string, options?: ErrorOptions) {
+    super(`no function named ${JSON.stringify(name)}`, options);
+    this.name = "FunctionNotFoundError";
+  }
+}
+
+/** Where images come from and go to (containerd, in production). */
+export interface ImageStore {
+  /** Streams an image tarball in for function `name`; throws a clear error and leaves nothing on bad input. */
+  import(name: string, body: ReadableStream<Uint8Array>): Promise<DeployedImage>;
+  /** Removes what `import` made for function `name`. */
+  remove(name: string, image: DeployedImage): Promise<void>;
+}
+
+/** Serving of functions on their addresses. */
+export interface Serving {
+  /** Starts serving `record` (a no-op when it is served already); throws when it cannot listen. */
+  serve(record: FunctionRecord): void;
+  /** Stops accepting connections for `name`; requests in flight finish. Idempotent. */
+  stop(name: string): void;
+}
+
+/** Host address management (see hostaddr.ts). */
+export interface Addresses {
+  ensure(ip: string): Promise<boolean>;
+  release(ip: string): Promise<void>;
+}
+
+/** Dependencies handed in by the composition root. */
+export interface FunctionsDeps {
+  registry: Registry;
+  pool: IpPool;
+  images: ImageStore;
+  serving: Serving;
+  addresses: Addresses;
+}
+
+/** The deployed functions. */
+export class Functions {
+  readonly #deps: FunctionsDeps;
+  /** Per-name queue: deploys and deletes of one name never interleave. */
+  readonly #locks = new Map<string, Promise<unknown>>();
+
+  constructor(deps: FunctionsDeps) {
+    this.#deps = deps;
+  }
+
+  async #locked<T>(name: string, fn: () => Promise<T>): Promise<T> {
+    const previous = this.#locks.get(name) ?? Promise.resolve();
+    const run = previous.catch(() => {}).then(fn);
+    this.#locks.set(name, run);
+    try {
+      return await run;
+    } finally {
+      if (this.#locks.get(name) === run) this.#locks.delete(name);
+    }
+  }
+
+  /** The function `name`. @throws {FunctionNotFoundError} */
+  get(name: string): FunctionRecord {
+    const record = this.#deps.registry.get(name);
+    if (!record) throw new FunctionNotFoundError(name);
+    return record;
+  }
+
+  /** Every deployed function. */
+  list(): FunctionRecord[] {
+    return this.#deps.registry.list();
+  }
+
+  /**
+   * Deploys the image tarball `body` as function `name`: a new name gets the lowest free address, an existing one
+   * keeps its address and serves the new image from the next connection on.
+   *
+   * @throws {TypeError} for an invalid name.
+   * @throws {PoolExhaustedError} when the name is new and no address is free (checked before reading the body).
+   * @throws whatever the image store throws for a bad tarball; nothing is left behind.
+   */
+  deploy(name: string, body: ReadableStream<Uint8Array>): Promise<{ record: FunctionRecord; created: boolean }> {
+    assertValidName(name);
+    return this.#locked(name, async () => {
+      const { registry, pool, images, serving, addresses } = this.#deps;
+      const before = registry.get(name);
+      if (!before && !registry.hasFreeIp(pool)) throw new PoolExhaustedError(pool.cidr);
+
+      const image = await images.import(name, body);
+      let deployed: { record: FunctionRecord; created: boolean };
+      try {
+        deployed = registry.deploy(name, image, pool);
+      } catch (e) {
+        await images.remove(name, image).catch(() => {});
+        throw e;
+      }
+      const { record, created } = deployed;
+      if (!created) {
+        serving.serve(record);
+        return deployed;
+      }
+      let added = false;
+      try {
+        added = await addresses.ensure(record.ip);
+        serving.serve(record);
+      } catch (e) {
+        registry.remove(name);
+        if (added) await addresses.release(record.ip).catch(() => {});
+        await images.remove(name, image).catch(() => {});
+        throw e;
+      }
+      return deployed;
+    });
+  }
+
+  /**
+   * Stops serving `name`, frees its address and removes its image.
+   *
+   * @throws {FunctionNotFoundError} when it is not deployed.
+   */
+  remove(name: string): Promise<FunctionRecord> {
+    return this.#locked(name, async () => {
+      const { registry, images, serving, addresses } = this.#deps;
+      const record = registry.get(name);
+      if (!record) throw new FunctionNotFoundError(name);
+      serving.stop(name);
+      registry.remove(name);
+      await addresses.release(record.ip);
+      if (record.image) await images.remove(name, record.image);
+      return record;
+    });
+  }
+
+  /**
+   * Serves every active function again (at start-up). A function that cannot be served is reported and skipped,
+   * so one broken address does not keep the others down.
+   */
+  async restore(onError: (record: FunctionRecord, error: unknown) => void): Promise<number> {
+    let served = 0;
+    for (const record of this.#deps.registry.list()) {
+      if (record.status !== "active") continue;
+      try {
+        await this.#deps.addresses.ensure(record.ip);
+        this.#deps.serving.serve(record);
+        served++;
+      } catch (e) {
+        onError(record, e);
+      }
+    }
+    return served;
+  }
+}

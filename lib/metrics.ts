@@ -1,0 +1,118 @@
+/**
+ * Process metrics in the Prometheus text exposition format: counters and gauges with labels, and histograms with
+ * fixed buckets. Small on purpose: faasd exports a handful of series.
+ *
+ * @module
+ */
+
+type Labels = Record<string, string>;
+
+function labelText(labels: Labels): string {
+  const parts = Object.entries(labels).map(([k, v]) =>
+    `${k}="${v.replaceAll("\\", "\\\\").replaceAll('"', '\\"').replaceAll("\n", "\\n")}"`
+  );
+  return parts.length ? `{${parts.join(",")}}` : "";
+}
+
+abstract class Metric {
+  constructor(readonly name: string, readonly help: string, readonly type: string) {}
+  abstract lines(): string[];
+  render(): string {
+    return [`# HELP ${this.name} ${this.help}`, `# TYPE ${this.name} ${this.type}`, ...this.lines()].join("\n");
+  }
+}
+
+/** A monotonically increasing count per label set. */
+export class Counter extends Metric {
+  readonly #values = new Map<string, number>();
+  constructor(name: string, help: string) {
+    super(name, help, "counter");
+  }
+  inc(labels: Labels = {}, by = 1): void {
+    const key = labelText(labels);
+    this.#values.set(key, (this.#values.get(key) ?? 0) + by);
+  }
+  get(labels: Labels = {}): number {
+    return this.#values.get(labelText(labels)) ?? 0;
+  }
+  lines(): string[] {
+    return [...this.#values].map(([key, v]) => `${this.name}${key} ${v}`);
+  }
+}
+
+/** A value that goes up and down per label set. */
+export class Gauge extends Metric {
+  readonly #values = new Map<string, number>();
+  constructor(name: string, help: string) {
+    super(name, help, "gauge");
+  }
+  add(labels: Labels, by: number): void {
+    const key = labelText(labels);
+    this.#values.set(key, (this.#values.get(key) ?? 0) + by);
+  }
+  set(labels: Labels, value: number): void {
+    this.#values.set(labelText(labels), value);
+  }
+  get(labels: Labels = {}): number {
+    return this.#values.get(labelText(labels)) ?? 0;
+  }
+  lines(): string[] {
+    return [...this.#values].map(([key, v]) => `${this.name}${key} ${v}`);
+  }
+}
+
+/** Observations in cumulative buckets (seconds, typically). */
+export class Histogram extends Metric {
+  readonly #series = new Map<string, { labels: Labels; counts: number[]; sum: number; count: number }>();
+  constructor(name: string, help: string, readonly buckets: readonly number[]) {
+    super(name, help, "histogram");
+  }
+  observe(labels: Labels, value: number): void {
+    const key = labelText(labels);
+    let s = this.#series.get(key);
+    if (!s) this.#series.set(key, s = { labels, counts: this.buckets.map(() => 0), sum: 0, count: 0 });
+    this.buckets.forEach((b, i) => {
+      if (value <= b) s.counts[i]!++;
+    });
+    s.sum += value;
+    s.count++;
+  }
+  lines(): string[] {
+    const out: string[] = [];
+    for (const { labels, counts, sum, count } of this.#series.values()) {
+      this.buckets.forEach((b, i) =>
+        out.push(`${this.name}_bucket${labelText({ ...labels, le: String(b) })} ${counts[i]}`)
+      );
+      out.push(`${this.name}_bucket${labelText({ ...labels, le: "+Inf" })} ${count}`);
+      out.push(`${this.name}_sum${labelText(labels)} ${sum}`);
+      out.push(`${this.name}_count${labelText(labels)} ${count}`);
+    }
+    return out;
+  }
+}
+
+const SECONDS = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
+
+/** The series faasd exports. */
+export class Metrics {
+  readonly requests = new Counter("faasd_requests_total", "Connections served, by function and outcome.");
+  readonly inflight = new Gauge("faasd_requests_inflight", "Connections being served now, by function.");
+  readonly requestSeconds = new Histogram(
+    "faasd_request_duration_seconds",
+    "From accept to the client socket closed.",
+    SECONDS,
+  );
+  readonly containerStartSeconds = new Histogram(
+    "faasd_container_ready_seconds",
+    "From accept until the container connected to /control.sock.",
+    SECONDS,
+  );
+  readonly deploys = new Counter("faasd_deploys_total", "Deploys, by outcome.");
+  readonly functions = new Gauge("faasd_functions", "Deployed functions.");
+
+  /** The exposition text. */
+  render(): string {
+    return [this.requests, this.inflight, this.requestSeconds, this.containerStartSeconds, this.deploys, this.functions]
+      .map((m) => m.render()).join("\n") + "\n";
+  }
+}

@@ -1,0 +1,246 @@
+/**
+ * The function registry: what only faasd knows (name → IP, the image each function runs, when it changed), kept in
+ * SQLite (`node:sqlite`, WAL) in the state directory so that it survives restarts. containerd stays the source of
+ * truth for what runs; this is the source of truth for what is deployed.
+ *
+ * @module
+ */
+
+import { DatabaseSync } from "node:sqlite";
+import { assertValidName, isValidName } from "./names.ts";
+import type { IpPool } from "./ipam.ts";
+
+/** What a container needs from the image's config to start the function's process. */
+export interface ProcessConfig {
+  entrypoint: string[];
+  cmd: string[];
+  env: string[];
+  workingDir: string;
+  user: string;
+}
+
+/** The image a function runs, as the import left it in containerd. */
+export interface DeployedImage {
+  /** The reference the image carried in its tarball, e.g. `localhost/hello:latest`. */
+  imageRef: string;
+  /** The containerd image record faasd keeps for this function. */
+  containerdName: string;
+  manifestDigest: string;
+  /** The top committed snapshot of the unpacked image; each request's snapshot is prepared on it. */
+  chainId: string;
+  config: ProcessConfig;
+}
+
+/** `active`: served. `no-image`: imported from a seed `registry.json`, waiting for its image to be deployed. */
+export type FunctionStatus = "active" | "no-image";
+
+/** One deployed function. */
+export interface FunctionRecord {
+  name: string;
+  ip: string;
+  status: FunctionStatus;
+  /** The image reference the function was deployed from (shown by `faas list`). */
+  imageRef: string;
+  /** What containerd holds for it; null while `no-image`. */
+  image: DeployedImage | null;
+  createdAt: string;
+  updatedAt: string;
+}
+
+interface Row {
+  name: string;
+  ip: string;
+  status: string;
+  image_ref: string;
+  image_json: string | null;
+  created_at: string;
+  updated_at: string;
+}
+
+const SCHEMA = `
+  CREATE TABLE IF NOT EXISTS functions (
+    name        TEXT PRIMARY KEY,
+    ip          TEXT NOT NULL UNIQUE,
+    status      TEXT NOT NULL,
+    image_ref   TEXT NOT NULL,
+    image_json  TEXT,
+    created_at  TEXT NOT NULL,
+    updated_at  TEXT NOT NULL
+  ) STRICT;
+  CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;
+`;
+
+function toRecord(row: Row): FunctionRecord {
+  return {
+    name: row.name,
+    ip: row.ip,
+    status: row.status === "active" ? "active" : "no-image",
+    imageRef: row.image_ref,
+    image: row.image_json ? JSON.parse(row.image_json) as DeployedImage : null,
+    createdAt: row.created_at,
+    updatedAt: row.updated_at,
+  };
+}
+
+/** The SQLite-backed registry. Synchronous: each method is one short transaction. */
+export class Registry {
+  readonly #db: DatabaseSync;
+  readonly #now: () => Date;
+  #closed = false;
+
+  /**
+   * Opens (creating if needed) the registry database at `path` (`:memory:` for tests).
+   *
+   * @param now clock, replaceable in unit tests.
+   */
+  constructor(path: string, now: () => Date = () => new Date()) {
+    this.#db = new DatabaseSync(path);
+    this.#now = now;
+    this.#db.exec("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;");
+    this.#db.exec(SCHEMA);
+  }
+
+  #tx<T>(fn: () => T): T {
+    this.#db.exec("BEGIN IMMEDIATE");
+    try {
+      const result = fn();
+      this.#db.exec("COMMIT");
+      return result;
+    } catch (e) {
+      this.#db.exec("ROLLBACK");
+      throw e;
+    }
+  }
+
+  /** The function called `name`, or null. */
+  get(name: string): FunctionRecord | null {
+    const row = this.#db.prepare("SELECT * FROM functions WHERE name = ?").get(name) as Row | undefined;
+    return row ? toRecord(row) : null;
+  }
+
+  /** Every function, by name. */
+  list(): FunctionRecord[] {
+    return (this.#db.prepare("SELECT * FROM functions ORDER BY name").all() as unknown as Row[]).map(toRecord);
+  }
+
+  /** Whether a new function could get an address from `pool` now. */
+  hasFreeIp(pool: IpPool): boolean {
+    const { n } = this.#db.prepare("SELECT count(*) AS n FROM functions").get() as { n: number };
+    if (n < pool.capacity) return true;
+    try {
+      pool.allocate(this.#usedIps());
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  #usedIps(): string[] {
+    return (this.#db.prepare("SELECT ip FROM functions").all() as { ip: string }[]).map((r) => r.ip);
+  }
+
+  /**
+   * Records `image` as the image of function `name`: a new function gets the lowest free address of `pool`, an
+   * existing one keeps its address.
+   *
+   * @throws {TypeError} for an invalid name.
+   * @throws {PoolExhaustedError} when the function is new and the pool is full.
+   */
+  deploy(name: string, image: DeployedImage, pool: IpPool): { record: FunctionRecord; created: boolean } {
+    assertValidName(name);
+    const now = this.#now().toISOString();
+    return this.#tx(() => {
+      const existing = this.get(name);
+      if (existing) {
+        this.#db.prepare(
+          "UPDATE functions SET status = 'active', image_ref = ?, image_json = ?, updated_at = ? WHERE name = ?",
+        ).run(image.imageRef, JSON.stringify(image), now, name);
+      } else {
+        const ip = pool.allocate(this.#usedIps());
+        this.#db.prepare("INSERT INTO functions VALUES (?, ?, 'active', ?, ?, ?, ?)")
+          .run(name, ip, image.imageRef, JSON.stringify(image), now, now);
+      }
+      return { record: this.get(name)!, created: existing === null };
+    });
+  }
+
+  /** Restores `record` exactly (used to undo a deploy whose later steps failed). */
+  restore(record: FunctionRecord): void {
+    this.#tx(() => {
+      this.#db.prepare("DELETE FROM functions WHERE name = ?").run(record.name);
+      this.#db.prepare("INSERT INTO functions VALUES (?, ?, ?, ?, ?, ?, ?)").run(
+        record.name,
+        record.ip,
+        record.status,
+        record.imageRef,
+        record.image ? JSON.stringify(record.image) : null,
+        record.createdAt,
+        record.updatedAt,
+      );
+    });
+  }
+
+  /** Removes function `name`; returns what was removed, or null when there was none. */
+  remove(name: string): FunctionRecord | null {
+    return this.#tx(() => {
+      const existing = this.get(name);
+      if (existing) this.#db.prepare("DELETE FROM functions WHERE name = ?").run(name);
+      return existing;
+    });
+  }
+
+  /**
+   * Imports a seed-format `registry.json` (`{"name": {"ip": "...", "image_ref": "..."}}`) once. Its functions have
+   * no image in containerd yet, so they are kept as `no-image` (their names and addresses are reserved) until
+   * redeployed. Entries with an invalid name or an address already taken are skipped and reported.
+   *
+   * @returns the names imported and the entries skipped with why; null when it had been imported before.
+   * @throws {SyntaxError} when the file is not JSON of that shape.
+   */
+  importSeedJson(text: string): { imported: string[]; skipped: string[] } | null {
+    const done = this.#db.prepare("SELECT value FROM meta WHERE key = 'seed_json_imported'").get();
+    if (done) return null;
+    const data = JSON.parse(text) as unknown;
+    if (typeof data !== "object" || data === null || Array.isArray(data)) {
+      throw new SyntaxError("registry.json must be an object of name → {ip, image_ref}");
+    }
+    const now = this.#now().toISOString();
+    const imported: string[] = [];
+    const skipped: string[] = [];
+    this.#tx(() => {
+      const used = new Set(this.#usedIps());
+      for (const [name, value] of Object.entries(data)) {
+        const ip = (value as { ip?: unknown })?.ip;
+        const imageRef = (value as { image_ref?: unknown })?.image_ref;
+        if (!isValidName(name)) skipped.push(`${name}: invalid name`);
+        else if (typeof ip !== "string" || used.has(ip)) skipped.push(`${name}: missing or duplicate ip`);
+        else if (this.get(name)) skipped.push(`${name}: already deployed`);
+        else {
+          const ref = typeof imageRef === "string" ? imageRef : "";
+          this.#db.prepare("INSERT INTO functions VALUES (?, ?, 'no-image', ?, NULL, ?, ?)").run(
+            name,
+            ip,
+            ref,
+            now,
+            now,
+          );
+          used.add(ip);
+          imported.push(name);
+        }
+      }
+      this.#db.prepare("INSERT INTO meta VALUES ('seed_json_imported', ?)").run(now);
+    });
+    return { imported, skipped };
+  }
+
+  /** Closes the database; idempotent. */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#db.close();
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}

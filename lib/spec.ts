@@ -1,0 +1,127 @@
+/**
+ * The OCI runtime spec of a request's container: the image's process (entrypoint, cmd, env, working directory,
+ * user) in new pid, mount, network (empty: only `lo`), ipc and uts namespaces, with the per-request control socket
+ * bind-mounted at `/control.sock`. The passed client socket is the container's only way out.
+ *
+ * @module
+ */
+
+import type { ProcessConfig } from "./registry.ts";
+
+/** Where the control socket appears inside the container (the handler contract). */
+export const CONTROL_SOCKET = "/control.sock";
+
+const DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/** The capabilities a container keeps (containerd's default set without NET_RAW: it has no network to use). */
+const CAPABILITIES = [
+  "CAP_CHOWN",
+  "CAP_DAC_OVERRIDE",
+  "CAP_FSETID",
+  "CAP_FOWNER",
+  "CAP_MKNOD",
+  "CAP_SETGID",
+  "CAP_SETUID",
+  "CAP_SETFCAP",
+  "CAP_SETPCAP",
+  "CAP_NET_BIND_SERVICE",
+  "CAP_SYS_CHROOT",
+  "CAP_KILL",
+  "CAP_AUDIT_WRITE",
+];
+
+/**
+ * Parses the image's `User` into numeric ids. Names would need the image's /etc/passwd, which a per-request
+ * container cannot afford to read; they are refused at spawn with a clear error.
+ *
+ * @throws {TypeError} for a user name that is not numeric.
+ */
+export function parseUser(user: string): { uid: number; gid: number } {
+  if (user === "") return { uid: 0, gid: 0 };
+  const [u, g] = user.split(":");
+  if (!/^\d+$/.test(u!) || (g !== undefined && !/^\d+$/.test(g))) {
+    throw new TypeError(`image user ${JSON.stringify(user)} is not numeric (use USER uid[:gid] in the image)`);
+  }
+  return { uid: Number(u), gid: g === undefined ? 0 : Number(g) };
+}
+
+/** Options of one container's spec. */
+export interface SpecOptions {
+  /** Container id; also its cgroup name. */
+  id: string;
+  hostname: string;
+  process: ProcessConfig;
+  /** Host path of this container's control socket. */
+  controlSocket: string;
+}
+
+/**
+ * Builds the spec.
+ *
+ * @throws {TypeError} when the image has no command or a non-numeric user.
+ */
+export function buildSpec(opts: SpecOptions): Record<string, unknown> {
+  const args = [...opts.process.entrypoint, ...opts.process.cmd];
+  if (args.length === 0) throw new TypeError("the image has neither ENTRYPOINT nor CMD: nothing to run");
+  const env = opts.process.env.some((e) => e.startsWith("PATH="))
+    ? opts.process.env
+    : [DEFAULT_PATH, ...opts.process.env];
+  const caps = CAPABILITIES;
+  return {
+    ociVersion: "1.0.2-dev",
+    process: {
+      terminal: false,
+      user: parseUser(opts.process.user),
+      args,
+      env,
+      cwd: opts.process.workingDir || "/",
+      capabilities: { bounding: caps, effective: caps, permitted: caps },
+      rlimits: [{ type: "RLIMIT_NOFILE", hard: 1024, soft: 1024 }],
+      noNewPrivileges: true,
+    },
+    root: { path: "rootfs", readonly: false },
+    hostname: opts.hostname,
+    mounts: [
+      { destination: "/proc", type: "proc", source: "proc", options: ["nosuid", "noexec", "nodev"] },
+      {
+        destination: "/dev",
+        type: "tmpfs",
+        source: "tmpfs",
+        options: ["nosuid", "strictatime", "mode=755", "size=65536k"],
+      },
+      {
+        destination: "/dev/pts",
+        type: "devpts",
+        source: "devpts",
+        options: ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"],
+      },
+      {
+        destination: "/dev/shm",
+        type: "tmpfs",
+        source: "shm",
+        options: ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+      },
+      { destination: "/dev/mqueue", type: "mqueue", source: "mqueue", options: ["nosuid", "noexec", "nodev"] },
+      { destination: "/sys", type: "sysfs", source: "sysfs", options: ["nosuid", "noexec", "nodev", "ro"] },
+      { destination: CONTROL_SOCKET, type: "bind", source: opts.controlSocket, options: ["bind", "rw"] },
+    ],
+    linux: {
+      namespaces: [{ type: "pid" }, { type: "ipc" }, { type: "uts" }, { type: "mount" }, { type: "network" }],
+      cgroupsPath: `/faasd/${opts.id}`,
+      resources: { devices: [{ allow: false, access: "rwm" }] },
+      maskedPaths: [
+        "/proc/acpi",
+        "/proc/asound",
+        "/proc/kcore",
+        "/proc/keys",
+        "/proc/latency_stats",
+        "/proc/timer_list",
+        "/proc/timer_stats",
+        "/proc/sched_debug",
+        "/proc/scsi",
+        "/sys/firmware",
+      ],
+      readonlyPaths: ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"],
+    },
+  };
+}
