@@ -1,0 +1,151 @@
+/**
+ * The platform assembled: registry, containerd client, listeners, spawner and control API, wired together. main.ts
+ * runs it behind `Deno.serve`; tests build it in-process and call its API handler without a port.
+ *
+ * @module
+ */
+
+import { Containerd } from "./containerd/client.ts";
+import type { DaemonConfig } from "./config.ts";
+import { Registry } from "./registry.ts";
+import { Functions } from "./functions.ts";
+import { ensureAddress, ownAddresses, releaseAddress } from "./hostaddr.ts";
+import { containerdImageStore } from "./image_store.ts";
+import { Metrics } from "./metrics.ts";
+import { Server } from "./serve.ts";
+import { reapLeftovers, socketDir } from "./spawn.ts";
+import { logPath, removeLogs } from "./logs.ts";
+import { createApi } from "./api/router.ts";
+import { Poller } from "../ffi/epoll.ts";
+
+/** A running platform. */
+export interface Platform {
+  /** The control API handler. */
+  api: (req: Request) => Promise<Response>;
+  functions: Functions;
+  registry: Registry;
+  containerd: Containerd;
+  server: Server;
+  metrics: Metrics;
+  /** Stops serving: waits up to the grace period for requests in flight, then kills and cleans up. Idempotent. */
+  close(): Promise<void>;
+}
+
+async function waitForContainerd(containerd: Containerd, address: string): Promise<string> {
+  let lastError: unknown;
+  for (let i = 0; i < 50; i++) {
+    try {
+      return (await containerd.version()).version;
+    } catch (e) {
+      lastError = e;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  }
+  throw new Error(`containerd is not answering on ${address}: ${(lastError as Error).message}`, { cause: lastError });
+}
+
+/**
+ * Starts the platform: opens the registry (importing a seed `registry.json` once), connects to containerd, reaps
+ * what a previous run left, and restores every function's listener.
+ *
+ * @throws {Error} when containerd does not answer within 10 s.
+ */
+export async function startPlatform(config: DaemonConfig, log: (message: string) => void): Promise<Platform> {
+  const { stateDir } = config;
+  await Deno.mkdir(`${stateDir}/logs`, { recursive: true });
+  await Deno.mkdir(socketDir(stateDir), { recursive: true });
+
+  const registry = new Registry(`${stateDir}/faasd.db`);
+  const seedJson = `${stateDir}/registry.json`;
+  try {
+    const result = registry.importSeedJson(await Deno.readTextFile(seedJson));
+    if (result) {
+      log(`imported ${result.imported.length} function(s) from ${seedJson} (redeploy them to serve)`);
+      for (const s of result.skipped) log(`registry.json: skipped ${s}`);
+    }
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound)) throw e;
+  }
+
+  const containerd = new Containerd({ address: config.containerd, namespace: config.namespace });
+  let poller: Poller | null = null;
+  try {
+    const version = await waitForContainerd(containerd, config.containerd);
+    log(`containerd ${version} on ${config.containerd}, namespace ${config.namespace}`);
+    poller = new Poller();
+    const metrics = new Metrics();
+    const spawnDeps = {
+      containerd,
+      poller,
+      stateDir,
+      snapshotter: config.snapshotter,
+      runtime: config.runtime,
+      logMaxBytes: config.logMaxBytes,
+    };
+    const reaped = await reapLeftovers(spawnDeps);
+    if (reaped) log(`reaped ${reaped} container(s) left by a previous run`);
+
+    const server = new Server({
+      ...spawnDeps,
+      registry,
+      metrics,
+      port: config.port,
+      connectTimeoutMs: config.connectTimeoutMs,
+      requestTimeoutMs: config.requestTimeoutMs,
+      maxConcurrency: config.maxConcurrency,
+    });
+    const images = containerdImageStore(containerd, { maxBytes: config.maxImageBytes, snapshotter: config.snapshotter });
+    const functions = new Functions({
+      registry,
+      pool: config.ipPool,
+      images: {
+        import: images.import,
+        remove: async (name, image) => {
+          await images.remove(name, image);
+          await removeLogs(logPath(stateDir, name));
+        },
+      },
+      serving: server,
+      addresses: { ensure: ensureAddress, release: releaseAddress },
+    });
+
+    // Addresses faasd added for functions that are gone (deleted while faasd was down) are released.
+    const deployedIps = new Set(registry.list().map((f) => f.ip));
+    for (const ip of await ownAddresses()) if (!deployedIps.has(ip)) await releaseAddress(ip);
+    const served = await functions.restore((record, e) => log(`cannot serve ${record.name}: ${(e as Error).message}`));
+    if (served) log(`serving ${served} function(s) on port ${config.port}`);
+
+    const api = createApi({
+      functions,
+      metrics,
+      maxImageBytes: config.maxImageBytes,
+      logPath: (name) => logPath(stateDir, name),
+      probe: async () => ({ containerd: (await containerd.version()).version, functions: registry.list().length }),
+    });
+    let closing: Promise<void> | null = null;
+    const p = poller;
+    return {
+      api: (req) => {
+        metrics.functions.set({}, registry.list().length);
+        return api(req);
+      },
+      functions,
+      registry,
+      containerd,
+      server,
+      metrics,
+      close: () =>
+        closing ??= (async () => {
+          await server.close(config.shutdownGraceMs);
+          p.close();
+          containerd.close();
+          registry.close();
+        })(),
+    };
+  } catch (e) {
+    poller?.close();
+    containerd.close();
+    registry.close();
+    throw e;
+  }
+}

@@ -1,0 +1,208 @@
+/**
+ * Serving: a listener per function address, and for each accepted connection a fresh container that receives the
+ * client socket. faasd's duties to the client (DESIGN.md) live here: it keeps its reference to the socket until the
+ * container exits, then drains unread request bytes and closes cleanly; it answers 502 when the container exited
+ * having sent nothing, 504 when it never connected or overran the request timeout (and kills it), 503 past the
+ * per-function concurrency limit.
+ *
+ * @module
+ */
+
+import { ErrnoError } from "../ffi/errno.ts";
+import type { Poller } from "../ffi/epoll.ts";
+import type { TcpConn } from "../ffi/socket.ts";
+import { Listeners } from "./listen.ts";
+import type { Metrics } from "./metrics.ts";
+import type { FunctionRecord, Registry } from "./registry.ts";
+import { RequestContainer, type SpawnDeps } from "./spawn.ts";
+
+/** Raised when a function's address cannot be listened on (taken, or not local); the API answers 409. */
+export class ListenError extends Error {
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "ListenError";
+  }
+}
+
+/** What the server needs, handed in by the composition root. */
+export interface ServerDeps extends SpawnDeps {
+  registry: Registry;
+  metrics: Metrics;
+  port: number;
+  connectTimeoutMs: number;
+  requestTimeoutMs: number;
+  maxConcurrency: number;
+  /** How long to wait for the client's end of stream after closing ours. */
+  lingerMs?: number;
+}
+
+const REASONS: Record<number, string> = {
+  502: "Bad Gateway",
+  503: "Service Unavailable",
+  504: "Gateway Timeout",
+};
+
+/** Writes a short complete HTTP answer; the socket's send buffer always has room for it on a fresh connection. */
+function answer(conn: TcpConn, status: number, text: string): void {
+  const body = `${text}\n`;
+  const head = `HTTP/1.1 ${status} ${REASONS[status]}\r\nContent-Type: text/plain; charset=utf-8\r\n` +
+    `Content-Length: ${new TextEncoder().encode(body).length}\r\nConnection: close\r\n\r\n`;
+  try {
+    conn.write(new TextEncoder().encode(head + body));
+  } catch { /* client already gone */ }
+}
+
+/** The outcome of one connection, as counted in metrics. */
+export type Outcome = "ok" | "exited-early" | "empty" | "connect-timeout" | "request-timeout" | "overloaded" | "error";
+
+/** Serves every deployed function on its address. */
+export class Server {
+  readonly #deps: ServerDeps;
+  readonly #listeners: Listeners;
+  readonly #inflight = new Map<string, number>();
+  readonly #tasks = new Set<Promise<void>>();
+  readonly #shutdown = new AbortController();
+
+  constructor(deps: ServerDeps) {
+    this.#deps = deps;
+    this.#listeners = new Listeners(deps.poller, (name, conn) => this.#track(this.#handle(name, conn)));
+  }
+
+  /** Connections being served now, across functions. */
+  get inflight(): number {
+    return this.#tasks.size;
+  }
+
+  /**
+   * Starts listening on `record`'s address (a no-op when already listening).
+   *
+   * @throws {ListenError} when the address cannot be bound.
+   */
+  serve(record: FunctionRecord): void {
+    if (this.#listeners.has(record.name)) return;
+    try {
+      this.#listeners.add(record.name, record.ip, this.#deps.port);
+    } catch (e) {
+      if (e instanceof ErrnoError) {
+        throw new ListenError(`cannot listen on ${record.ip}:${this.#deps.port}: ${e.message}`, { cause: e });
+      }
+      throw e;
+    }
+  }
+
+  /** Stops accepting for `name`; connections in flight finish. */
+  stop(name: string): void {
+    this.#listeners.remove(name);
+  }
+
+  #track(task: Promise<void>): void {
+    this.#tasks.add(task);
+    task.finally(() => this.#tasks.delete(task));
+  }
+
+  async #handle(name: string, conn: TcpConn): Promise<void> {
+    const { metrics } = this.#deps;
+    const started = performance.now();
+    const count = (this.#inflight.get(name) ?? 0) + 1;
+    this.#inflight.set(name, count);
+    metrics.inflight.add({ function: name }, 1);
+    let outcome: Outcome = "error";
+    let container: RequestContainer | null = null;
+    try {
+      if (count > this.#deps.maxConcurrency) {
+        outcome = "overloaded";
+        answer(conn, 503, `function ${name} is at its limit of ${this.#deps.maxConcurrency} concurrent requests`);
+        return;
+      }
+      const record = this.#deps.registry.get(name);
+      if (!record?.image) {
+        answer(conn, 503, `function ${name} has no image deployed`);
+        return;
+      }
+      container = await RequestContainer.start(this.#deps, record);
+      ({ outcome } = await this.#run(container, conn, started));
+    } catch (e) {
+      console.error(`faasd: ${name}: ${(e as Error).message}`);
+      if (conn.bytesSent() === 0n) answer(conn, 502, `function ${name} could not be started`);
+    } finally {
+      await this.#closeClient(conn);
+      await container?.remove();
+      this.#inflight.set(name, this.#inflight.get(name)! - 1);
+      metrics.inflight.add({ function: name }, -1);
+      metrics.requests.inc({ function: name, outcome });
+      metrics.requestSeconds.observe({ function: name }, (performance.now() - started) / 1000);
+    }
+  }
+
+  /** Waits for the container's connection, hands the socket over, waits for the exit; answers failures itself. */
+  async #run(c: RequestContainer, conn: TcpConn, started: number): Promise<{ outcome: Outcome }> {
+    const { connectTimeoutMs, requestTimeoutMs, metrics } = this.#deps;
+    const name = c.function;
+    const state = await c.waitConnected(connectTimeoutMs, this.#shutdown.signal);
+    if (state === "timeout") {
+      await c.kill();
+      answer(conn, 504, `function ${name} did not connect to /control.sock within ${connectTimeoutMs} ms`);
+      return { outcome: "connect-timeout" };
+    }
+    if (state === "exited") {
+      answer(conn, 502, `function ${name} exited without handling the request`);
+      return { outcome: "exited-early" };
+    }
+    metrics.containerStartSeconds.observe({ function: name }, (performance.now() - started) / 1000);
+    c.handoff(conn.fd);
+
+    const left = Math.max(0, requestTimeoutMs - (performance.now() - started));
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const timedOut = new Promise<"timeout">((resolve) => timer = setTimeout(() => resolve("timeout"), left));
+    const aborted = new Promise<"timeout">((resolve) =>
+      this.#shutdown.signal.addEventListener("abort", () => resolve("timeout"), { once: true })
+    );
+    const exited = c.exited.then(() => "exited" as const, () => "exited" as const);
+    const end = await Promise.race([exited, timedOut, aborted]).finally(() => clearTimeout(timer));
+    if (end === "timeout") {
+      await c.kill();
+      await exited;
+      if (conn.bytesSent() === 0n) answer(conn, 504, `function ${name} did not answer within ${requestTimeoutMs} ms`);
+      return { outcome: "request-timeout" };
+    }
+    if (conn.bytesSent() === 0n) {
+      answer(conn, 502, `function ${name} exited without answering`);
+      return { outcome: "empty" };
+    }
+    return { outcome: "ok" };
+  }
+
+  /**
+   * Ends faasd's side of the client connection without a reset: discard unread request bytes, send FIN, then wait
+   * briefly for the client's FIN (discarding anything it still sends) before closing.
+   */
+  async #closeClient(conn: TcpConn): Promise<void> {
+    const linger = this.#deps.lingerMs ?? 2000;
+    try {
+      if (conn.drain() !== "eof") {
+        conn.shutdown("write");
+        const deadline = Date.now() + linger;
+        while (Date.now() < deadline) {
+          const r = await this.#deps.poller.wait(conn.fd, "read", { timeoutMs: deadline - Date.now() });
+          if (r === "timeout" || conn.drain() === "eof") break;
+        }
+      }
+    } catch { /* the client reset or vanished: nothing more to do */ } finally {
+      conn.close();
+    }
+  }
+
+  /**
+   * Stops accepting everywhere; waits up to `graceMs` for connections in flight, then kills their containers and
+   * waits for the cleanup.
+   */
+  async close(graceMs: number): Promise<void> {
+    this.#listeners.close();
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const grace = new Promise((resolve) => timer = setTimeout(resolve, graceMs));
+    await Promise.race([Promise.allSettled([...this.#tasks]), grace]);
+    clearTimeout(timer);
+    this.#shutdown.abort();
+    await Promise.allSettled([...this.#tasks]);
+  }
+}

@@ -1,0 +1,263 @@
+/**
+ * One request's container, through containerd: a fresh snapshot on the function's image, a container whose only
+ * way out is the control socket bind-mounted at `/control.sock`, its task started, and — once it connects — the
+ * client's socket handed over with `SCM_RIGHTS`. Preparing a container (up to its connection on the control socket)
+ * and handing it a connection are separate steps, so a pool can prepare ahead of demand.
+ *
+ * Every container, snapshot and lease carries the labels in {@link OWNED_LABELS}; {@link reapLeftovers} finds and
+ * removes what a crashed faasd left behind.
+ *
+ * @module
+ */
+
+import type { Containerd } from "./containerd/client.ts";
+import { isNotFound } from "./containerd/errors.ts";
+import type { ExitStatus } from "./containerd/types.ts";
+import type { Poller } from "../ffi/epoll.ts";
+import { type UnixConn, UnixListener } from "../ffi/socket.ts";
+import type { FunctionRecord } from "./registry.ts";
+import { buildSpec } from "./spec.ts";
+import { logPath, rotateIfNeeded } from "./logs.ts";
+
+/** Label key marking everything faasd creates per request; its value is the kind of object. */
+export const KIND_LABEL = "io.faasd.kind";
+/** Label key holding the function a request container serves. */
+export const FUNCTION_LABEL = "io.faasd.function";
+/** Labels on every per-request container, snapshot and lease. */
+export const OWNED_LABELS = { [KIND_LABEL]: "request" } as const;
+
+/** What spawning needs, handed in by the composition root. */
+export interface SpawnDeps {
+  containerd: Containerd;
+  poller: Poller;
+  stateDir: string;
+  snapshotter: string;
+  /** OCI runtime binary used by the runc v2 shim. */
+  runtime: string;
+  logMaxBytes: number;
+}
+
+/** Directory of the per-request control sockets. */
+export function socketDir(stateDir: string): string {
+  return `${stateDir}/run`;
+}
+
+function newId(): string {
+  const bytes = crypto.getRandomValues(new Uint8Array(10));
+  return `faasd-${Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("")}`;
+}
+
+/** How waiting for the container's connection ended. */
+export type ConnectOutcome = "connected" | "exited" | "timeout";
+
+/**
+ * A container created for one request. Use {@link RequestContainer.start}, then {@link waitConnected}, then
+ * {@link handoff}; {@link remove} always, on every path (it is idempotent and never throws).
+ */
+export class RequestContainer {
+  readonly id: string;
+  readonly function: string;
+  readonly #deps: SpawnDeps;
+  readonly #listener: UnixListener;
+  #control: UnixConn | null = null;
+  #lease: string | null = null;
+  #created = false;
+  #taskCreated = false;
+  #exited: Promise<ExitStatus> | null = null;
+  #hasExited = false;
+  #removed: Promise<void> | null = null;
+
+  private constructor(deps: SpawnDeps, fn: string, id: string, listener: UnixListener) {
+    this.#deps = deps;
+    this.function = fn;
+    this.id = id;
+    this.#listener = listener;
+  }
+
+  /**
+   * Creates and starts a container for `fn`. On failure everything created so far is removed before it throws.
+   *
+   * @throws {TypeError} when the function has no image or the image cannot be run (no command, named user).
+   * @throws {ContainerdError} when containerd refuses a step.
+   */
+  static async start(deps: SpawnDeps, fn: FunctionRecord): Promise<RequestContainer> {
+    if (!fn.image) throw new TypeError(`function ${fn.name} has no image deployed`);
+    const id = newId();
+    const listener = UnixListener.bind(`${socketDir(deps.stateDir)}/${id}.sock`);
+    const c = new RequestContainer(deps, fn.name, id, listener);
+    try {
+      await c.#create(fn);
+      return c;
+    } catch (e) {
+      await c.remove();
+      throw e;
+    }
+  }
+
+  async #create(fn: FunctionRecord): Promise<void> {
+    const { containerd, snapshotter, runtime, stateDir } = this.#deps;
+    const image = fn.image!;
+    const labels = { ...OWNED_LABELS, [FUNCTION_LABEL]: fn.name };
+    const spec = buildSpec({ id: this.id, hostname: fn.name, process: image.config, controlSocket: this.#listener.path });
+    // The lease keeps the new snapshot from being collected before the container references it.
+    this.#lease = await containerd.createLease({ labels, expireAfterSeconds: 24 * 3600 });
+    const lease = this.#lease;
+    const rootfs = await containerd.prepareSnapshot(snapshotter, this.id, image.chainId, { labels, lease });
+    await containerd.createContainer({
+      id: this.id,
+      image: image.containerdName,
+      labels,
+      spec,
+      snapshotter,
+      snapshotKey: this.id,
+      runtime: { name: "io.containerd.runc.v2", binaryName: runtime },
+    }, { lease });
+    this.#created = true;
+    const log = logPath(stateDir, fn.name);
+    await rotateIfNeeded(log, this.#deps.logMaxBytes);
+    await containerd.createTask({ containerId: this.id, rootfs, stdout: `file://${log}`, stderr: `file://${log}` });
+    this.#taskCreated = true;
+    this.#exited = containerd.waitTask(this.id);
+    this.#exited.then(() => this.#hasExited = true, () => this.#hasExited = true);
+    await containerd.startTask(this.id);
+  }
+
+  /** Settles when the task has exited (rejects if waiting failed). */
+  get exited(): Promise<ExitStatus> {
+    return this.#exited ?? Promise.reject(new Error("container not started"));
+  }
+
+  /** Whether the task is known to have exited. */
+  get hasExited(): boolean {
+    return this.#hasExited;
+  }
+
+  /**
+   * Waits until the container connects to its control socket, exits, or `timeoutMs` passes.
+   */
+  async waitConnected(timeoutMs: number, signal?: AbortSignal): Promise<ConnectOutcome> {
+    const deadline = Date.now() + timeoutMs;
+    const exited = this.exited.then(() => "exited" as const, () => "exited" as const);
+    while (true) {
+      const conn = this.#listener.accept();
+      if (conn) {
+        this.#control = conn;
+        return "connected";
+      }
+      const left = deadline - Date.now();
+      if (left <= 0) return "timeout";
+      const stop = new AbortController();
+      const onAbort = () => stop.abort(signal?.reason);
+      signal?.addEventListener("abort", onAbort, { once: true });
+      try {
+        const ready = this.#deps.poller.wait(this.#listener.fd, "read", { timeoutMs: left, signal: stop.signal })
+          .then((r) => r === "ready" ? "again" as const : "timeout" as const);
+        const outcome = await Promise.race([ready, exited]);
+        if (outcome === "exited") {
+          // It may have connected just before exiting; a connection still queued counts.
+          const late = this.#listener.accept();
+          if (late) {
+            this.#control = late;
+            return "connected";
+          }
+          return "exited";
+        }
+        if (outcome === "timeout") return "timeout";
+      } finally {
+        signal?.removeEventListener("abort", onAbort);
+        stop.abort();
+      }
+    }
+  }
+
+  /**
+   * Hands the client socket `fd` to the connected container (`SCM_RIGHTS`, data `SOCKET`). faasd keeps its own
+   * reference to the socket; the caller closes it after the container exits.
+   *
+   * @throws {ErrnoError} when the container hung up before receiving it.
+   */
+  handoff(fd: number): void {
+    if (!this.#control) throw new Error("handoff() before the container connected");
+    this.#control.sendFd(fd);
+    // The container has what it needs; nothing more travels on the control socket.
+    this.#control.close();
+    this.#listener.close();
+  }
+
+  /** Kills the container's processes (SIGKILL); harmless when already gone. */
+  async kill(): Promise<void> {
+    if (!this.#taskCreated || this.#hasExited) return;
+    try {
+      await this.#deps.containerd.killTask(this.id, 9, { all: true });
+    } catch (e) {
+      if (!isNotFound(e)) throw e;
+    }
+  }
+
+  /**
+   * Removes the task, container, snapshot, lease and control socket. Idempotent; logs and swallows failures so
+   * that one broken step does not keep the others from running.
+   */
+  remove(): Promise<void> {
+    return this.#removed ??= this.#remove();
+  }
+
+  async #remove(): Promise<void> {
+    const { containerd, snapshotter } = this.#deps;
+    const step = async (what: string, fn: () => Promise<unknown>) => {
+      try {
+        await fn();
+      } catch (e) {
+        if (!isNotFound(e)) console.error(`faasd: cleanup of ${this.id}: ${what}: ${(e as Error).message}`);
+      }
+    };
+    this.#control?.close();
+    this.#listener.close();
+    if (this.#taskCreated) {
+      if (!this.#hasExited) {
+        await step("kill task", () => this.kill());
+        await step("wait task", () => this.exited);
+      }
+      await step("delete task", () => containerd.deleteTask(this.id));
+    }
+    if (this.#created) await step("delete container", () => containerd.deleteContainer(this.id));
+    if (this.#lease) {
+      await step("remove snapshot", () => containerd.removeSnapshot(snapshotter, this.id));
+      await step("delete lease", () => containerd.deleteLease(this.#lease!, { sync: false }));
+    }
+  }
+}
+
+/**
+ * Removes every per-request container, task, snapshot, lease and control socket found in containerd's namespace
+ * and the state directory: what a previous faasd run left when it died mid-request. Call before serving.
+ *
+ * @returns how many containers were reaped.
+ */
+export async function reapLeftovers(deps: Pick<SpawnDeps, "containerd" | "stateDir" | "snapshotter">): Promise<number> {
+  const { containerd, snapshotter } = deps;
+  const filter = `labels."${KIND_LABEL}"==request`;
+  const swallow = (e: unknown) => {
+    if (!isNotFound(e)) console.error(`faasd: reaping: ${(e as Error).message}`);
+  };
+  const containers = await containerd.listContainers(filter);
+  for (const c of containers) {
+    await containerd.killTask(c.id, 9, { all: true }).catch(() => {});
+    await containerd.deleteTask(c.id).catch(async () => {
+      // A task that was still stopping: wait for it, then delete.
+      await containerd.waitTask(c.id).catch(() => {});
+      await containerd.deleteTask(c.id).catch(swallow);
+    });
+    await containerd.deleteContainer(c.id).catch(swallow);
+  }
+  for (const s of await containerd.listSnapshots(snapshotter, filter)) {
+    await containerd.removeSnapshot(snapshotter, s.name).catch(swallow);
+  }
+  for (const l of await containerd.listLeases(filter)) await containerd.deleteLease(l.id, { sync: false }).catch(swallow);
+  const dir = socketDir(deps.stateDir);
+  await Deno.mkdir(dir, { recursive: true });
+  for await (const entry of Deno.readDir(dir)) {
+    if (entry.name.endsWith(".sock")) await Deno.remove(`${dir}/${entry.name}`).catch(() => {});
+  }
+  return containers.length;
+}

@@ -1,0 +1,42 @@
+/**
+ * `faasd`: the daemon. Parses the configuration, starts the platform (lib/platform.ts, the composition root),
+ * serves the control API with `Deno.serve`, and on SIGTERM or SIGINT stops accepting, lets requests in flight
+ * finish within the grace period, then kills and cleans up what is left.
+ *
+ *     deno task faasd [--api HOST:PORT] [--state-dir DIR] [--ip-pool CIDR] [--port N] [--containerd PATH] …
+ *
+ * @module
+ */
+
+import { daemonHelp, parseDaemonConfig } from "./lib/config.ts";
+import { startPlatform } from "./lib/platform.ts";
+
+const log = (message: string) => console.error(`faasd: ${message}`);
+
+async function main(): Promise<void> {
+  const config = parseDaemonConfig(Deno.args);
+  if (config === "help") return console.log(daemonHelp());
+  const platform = await startPlatform(config, log);
+  const http = Deno.serve({
+    hostname: config.api.hostname,
+    port: config.api.port,
+    onListen: ({ hostname, port }) => log(`control API on http://${hostname}:${port}`),
+  }, platform.api);
+
+  const stopped = Promise.withResolvers<string>();
+  for (const signal of ["SIGTERM", "SIGINT"] as const) Deno.addSignalListener(signal, () => stopped.resolve(signal));
+  const signal = await stopped.promise;
+  log(`${signal}: stopping; waiting up to ${config.shutdownGraceMs} ms for ${platform.server.inflight} request(s)`);
+  await http.shutdown();
+  await platform.close();
+  log("stopped");
+}
+
+if (import.meta.main) {
+  try {
+    await main();
+  } catch (e) {
+    log(e instanceof Error ? e.message : String(e));
+    Deno.exit(1);
+  }
+}

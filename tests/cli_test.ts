@@ -1,0 +1,107 @@
+/**
+ * The `faas` CLI end to end against the real daemon process: deploy from a tarball and from an engine's
+ * `save` stream, ip, list, logs, delete, and one-line errors with a non-zero exit.
+ */
+
+import { assertEquals, assertMatch, assertStringIncludes } from "./assert.ts";
+import { startContainerd } from "./harness/containerd.ts";
+import { buildHandlerImage, cacheDir } from "./harness/images.ts";
+import { startDaemon } from "./harness/platform.ts";
+import { curl } from "./curl.ts";
+
+const CLI = new URL("../cli.ts", import.meta.url).pathname;
+
+async function faas(url: string, args: string[], env: Record<string, string> = {}) {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", CLI, "--url", url, ...args],
+    env,
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  return {
+    code: out.code,
+    stdout: new TextDecoder().decode(out.stdout),
+    stderr: new TextDecoder().decode(out.stderr),
+  };
+}
+
+Deno.test("faas drives a running faasd end to end", async (t) => {
+  await using ctd = await startContainerd();
+  await using d = await startDaemon(ctd);
+  const tarball = await buildHandlerImage("hello", { tag: "localhost/cli-hello:1" });
+  const base = d.pool.replace(/0\/24$/, "");
+
+  await t.step("new --tar uploads a tarball and prints the IP", async () => {
+    const r = await faas(d.url, ["new", "--tar", tarball, "--name", "hello"]);
+    assertEquals(r.code, 0, r.stderr);
+    assertEquals(r.stdout, `${base}10\n`);
+    assertEquals((await curl(`http://${base}10:${d.port}/`)).body, "hello from faasd\n");
+  });
+
+  await t.step("new IMAGE streams `podman save` straight into the upload", async () => {
+    // A private podman storage holding the image, behind a wrapper the CLI runs as its engine.
+    const dir = await Deno.makeTempDir({ prefix: "faasd-engine-" });
+    try {
+      const podman = `podman --root ${dir}/root --runroot ${dir}/runroot --storage-driver vfs --events-backend none`;
+      await Deno.writeTextFile(`${dir}/engine`, `#!/bin/sh\nexec ${podman} "$@"\n`, { mode: 0o755 });
+      const load = await new Deno.Command(`${dir}/engine`, { args: ["load", "-q", "-i", tarball] }).output();
+      assertEquals(load.code, 0, new TextDecoder().decode(load.stderr));
+      const r = await faas(d.url, ["new", "localhost/cli-hello:1"], { FAAS_ENGINE: `${dir}/engine` });
+      assertEquals(r.code, 0, r.stderr);
+      assertEquals(r.stdout, `${base}11\n`);
+      const missing = await faas(d.url, ["new", "localhost/not-there:1"], { FAAS_ENGINE: `${dir}/engine` });
+      assertEquals(missing.code, 1);
+      assertEquals(missing.stderr.trim().split("\n").length, 1, missing.stderr);
+      assertStringIncludes(missing.stderr, "faas: ");
+    } finally {
+      await new Deno.Command("sh", {
+        args: ["-c", `podman --root ${dir}/root --runroot ${dir}/runroot --storage-driver vfs rmi -af >/dev/null 2>&1`],
+      }).output();
+      await Deno.remove(dir, { recursive: true });
+    }
+  });
+
+  await t.step("ip, list and list --json show the functions", async () => {
+    assertEquals((await faas(d.url, ["ip", "cli-hello"])).stdout, `${base}11\n`);
+    const table = (await faas(d.url, ["list"])).stdout.trim().split("\n");
+    assertMatch(table[0]!, /^IMAGE\s+IP\s+STATUS$/);
+    assertMatch(table[1]!, new RegExp(`^cli-hello\\s+${base.replaceAll(".", "\\.")}11\\s+active$`));
+    assertMatch(table[2]!, /^hello\s+\S+\s+active$/);
+    const json = JSON.parse((await faas(d.url, ["list", "--json"])).stdout);
+    assertEquals(json.hello.image_ref, "localhost/cli-hello:1");
+  });
+
+  await t.step("logs prints the container output", async () => {
+    const r = await faas(d.url, ["logs", "hello"]);
+    assertEquals(r.code, 0, r.stderr);
+    assertStringIncludes(r.stdout, "handler hello");
+  });
+
+  await t.step("delete removes a function; later calls fail with one line", async () => {
+    assertEquals((await faas(d.url, ["delete", "hello"])).stdout, "deleted hello\n");
+    const r = await faas(d.url, ["ip", "hello"]);
+    assertEquals(r.code, 1);
+    assertEquals(r.stderr, 'faas: no function named "hello" (HTTP 404)\n');
+  });
+
+  await t.step("bad usage and an unreachable faasd fail with one line and exit 1", async () => {
+    for (
+      const args of [["nope"], [], ["new"], ["new", "--tar", `${cacheDir()}/does-not-exist.tar`], ["ip"]]
+    ) {
+      const r = await faas(d.url, args);
+      assertEquals(r.code, 1, args.join(" "));
+      assertEquals(r.stderr.trim().split("\n").length, 1, r.stderr);
+    }
+    const down = await faas("http://127.0.0.1:1", ["list"]);
+    assertEquals(down.code, 1);
+    assertStringIncludes(down.stderr, "cannot reach faasd at http://127.0.0.1:1");
+  });
+
+  await t.step("--help works for faas and each command", async () => {
+    for (const args of [["--help"], ["new", "--help"], ["list", "--help"], ["logs", "--help"]]) {
+      const r = await faas(d.url, args);
+      assertEquals(r.code, 0);
+      assertStringIncludes(r.stdout, "Usage: faas");
+    }
+  });
+});

@@ -1,0 +1,105 @@
+/**
+ * The daemon process: restart keeps the registry and restores serving; a daemon killed mid-request has its
+ * leftovers reaped at the next start; SIGTERM lets a request in flight finish; the seed's 10.0.0.0/24 pool inside a
+ * network namespace this test creates (addresses added to and removed from that namespace's loopback).
+ */
+
+import { assertEquals, assertStringIncludes } from "./assert.ts";
+import { startContainerd } from "./harness/containerd.ts";
+import { buildHandlerImage } from "./harness/images.ts";
+import { freePort, leftovers, NONE, startDaemon } from "./harness/platform.ts";
+import { curl } from "./curl.ts";
+
+async function upload(url: string, name: string, tarball: string, netns?: string): Promise<{ ip: string }> {
+  const args = ["-sS", "-f", "-X", "POST", "-H", `X-Image-Name: ${name}`, "--data-binary", `@${tarball}`, `${url}/api/new`];
+  const argv = netns ? ["ip", "netns", "exec", netns, "curl", ...args] : ["curl", ...args];
+  const out = await new Deno.Command(argv[0]!, { args: argv.slice(1), stdout: "piped", stderr: "piped" }).output();
+  if (!out.success) throw new Error(`upload failed: ${new TextDecoder().decode(out.stderr)}`);
+  return JSON.parse(new TextDecoder().decode(out.stdout));
+}
+
+async function sh(cmd: string[]): Promise<string> {
+  const out = await new Deno.Command(cmd[0]!, { args: cmd.slice(1), stdout: "piped", stderr: "piped" }).output();
+  if (!out.success) throw new Error(`${cmd.join(" ")}: ${new TextDecoder().decode(out.stderr)}`);
+  return new TextDecoder().decode(out.stdout);
+}
+
+Deno.test("a restarted faasd keeps its functions and serves them again", async () => {
+  await using ctd = await startContainerd();
+  const tarball = await buildHandlerImage("hello");
+  const first = await startDaemon(ctd);
+  const { ip } = await upload(first.url, "hello", tarball);
+  assertEquals((await curl(`http://${ip}:${first.port}/`)).status, 200);
+  assertEquals(await first.stop("SIGTERM"), 0);
+
+  await using second = await startDaemon(ctd, {
+    stateDir: first.stateDir,
+    namespace: first.namespace,
+    pool: first.pool,
+    port: first.port,
+  });
+  const r = await curl(`http://${ip}:${second.port}/`);
+  assertEquals([r.exit, r.status, r.body], [0, 200, "hello from faasd\n"]);
+  assertStringIncludes(second.output(), "serving 1 function(s)");
+});
+
+Deno.test("a faasd killed mid-request has its leftovers reaped at the next start", async () => {
+  await using ctd = await startContainerd();
+  const tarball = await buildHandlerImage("hang");
+  const first = await startDaemon(ctd);
+  const { ip } = await upload(first.url, "hang", tarball);
+  const pending = curl(`http://${ip}:${first.port}/`, { timeoutS: 30 });
+  const client = ctd.client(first.namespace);
+  try {
+    for (let i = 0; i < 100 && (await client.listTasks()).length === 0; i++) await new Promise((r) => setTimeout(r, 100));
+    assertEquals((await client.listTasks()).length, 1);
+    await first.stop("SIGKILL");
+    assertEquals((await pending).exit !== 0 || (await pending).status !== 200, true);
+    await using second = await startDaemon(ctd, { stateDir: first.stateDir, namespace: first.namespace, pool: first.pool });
+    assertStringIncludes(second.output(), "reaped 1 container(s)");
+    assertEquals(await leftovers(client), NONE);
+    assertEquals([...Deno.readDirSync(`${first.stateDir}/run`)].length, 0);
+  } finally {
+    client.close();
+  }
+});
+
+Deno.test("SIGTERM lets a request in flight finish before faasd exits", async () => {
+  await using ctd = await startContainerd();
+  const d = await startDaemon(ctd, { flags: ["--shutdown-grace", "10s"] });
+  const { ip } = await upload(d.url, "slow", await buildHandlerImage("sleep", { args: ["1500"] }));
+  const pending = curl(`http://${ip}:${d.port}/`);
+  const client = ctd.client(d.namespace);
+  try {
+    for (let i = 0; i < 100 && (await client.listTasks()).length === 0; i++) await new Promise((r) => setTimeout(r, 50));
+    assertEquals(await d.stop("SIGTERM"), 0);
+    const r = await pending;
+    assertEquals([r.exit, r.status, r.body], [0, 200, "slept\n"]);
+    assertEquals(await leftovers(client), NONE);
+  } finally {
+    client.close();
+  }
+});
+
+Deno.test("the seed's 10.0.0.0/24 pool works inside a network namespace", async () => {
+  await using ctd = await startContainerd();
+  const netns = `faasd-t-${crypto.randomUUID().slice(0, 8)}`;
+  await sh(["ip", "netns", "add", netns]);
+  try {
+    await sh(["ip", "netns", "exec", netns, "ip", "link", "set", "lo", "up"]);
+    const port = freePort();
+    await using d = await startDaemon(ctd, { netns, pool: "10.0.0.0/24", port });
+    const { ip } = await upload(d.url, "hello", await buildHandlerImage("hello"), netns);
+    assertEquals(ip, "10.0.0.10");
+    const addrs = await sh(["ip", "netns", "exec", netns, "ip", "-o", "-4", "addr", "show", "dev", "lo"]);
+    assertStringIncludes(addrs, "inet 10.0.0.10/32");
+    assertStringIncludes(addrs, "lo:faasd");
+    const body = await sh(["ip", "netns", "exec", netns, "curl", "-sS", "-m", "20", `http://10.0.0.10:${port}/`]);
+    assertEquals(body, "hello from faasd\n");
+    await sh(["ip", "netns", "exec", netns, "curl", "-sS", "-f", "-X", "DELETE", `${d.url}/api/functions/hello`]);
+    const after = await sh(["ip", "netns", "exec", netns, "ip", "-o", "-4", "addr", "show", "dev", "lo"]);
+    assertEquals(after.includes("10.0.0.10"), false, after);
+  } finally {
+    await sh(["ip", "netns", "del", netns]).catch(() => {});
+  }
+});

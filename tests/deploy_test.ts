@@ -1,0 +1,182 @@
+/**
+ * Deploy end to end through the control API (in-process handler, real containerd, podman-built images): both
+ * tarball formats, the API's shapes, redeploy, delete, restart, and bad input — each bad upload must get a clear
+ * error and leave no registry entry, image, lease, ingest, blob or snapshot behind.
+ */
+
+import { assert, assertEquals, assertMatch, assertStringIncludes } from "./assert.ts";
+import { startContainerd } from "./harness/containerd.ts";
+import { buildHandlerImage } from "./harness/images.ts";
+import { leftovers, NONE, startTestPlatform, type TestPlatform } from "./harness/platform.ts";
+import tar from "tar-stream";
+
+async function fileBody(path: string): Promise<ReadableStream<Uint8Array>> {
+  return (await Deno.open(path)).readable;
+}
+
+async function deploy(p: TestPlatform, name: string, body: BodyInit): Promise<{ status: number; json: Record<string, string> }> {
+  const res = await p.request("POST", "/api/new", { headers: { "x-image-name": name }, body });
+  return { status: res.status, json: await res.json() };
+}
+
+/** A tarball from entries, for hand-made bad input. */
+async function makeTar(entries: Array<{ name: string; body?: string; type?: "file" | "symlink"; linkname?: string }>) {
+  const pack = tar.pack();
+  for (const e of entries) {
+    if (e.type === "symlink") pack.entry({ name: e.name, type: "symlink", linkname: e.linkname ?? "/etc/passwd" });
+    else pack.entry({ name: e.name }, e.body ?? "");
+  }
+  pack.finalize();
+  const chunks: Uint8Array[] = [];
+  for await (const c of pack as AsyncIterable<Uint8Array>) chunks.push(new Uint8Array(c));
+  return new Uint8Array(await new Blob(chunks).arrayBuffer());
+}
+
+/** What containerd holds that a failed deploy could have added: images, blobs and all leftovers. */
+async function snapshotOfStore(p: TestPlatform) {
+  return {
+    images: (await p.client.listImages()).map((i) => i.name).sort(),
+    content: (await p.client.listContent()).map((c) => c.digest).sort(),
+    committed: (await p.client.listSnapshots("overlayfs")).map((s) => s.name).sort(),
+    functions: p.platform.registry.list().map((f) => f.name),
+    ...(await leftovers(p.client)),
+  };
+}
+
+Deno.test("POST /api/new deploys images and the API reports them", async (t) => {
+  await using ctd = await startContainerd();
+  await using p = await startTestPlatform(ctd);
+  const base = p.pool.replace(/0\/24$/, "");
+  const dockerTar = await buildHandlerImage("hello");
+  const ociTar = await buildHandlerImage("hello", { format: "oci-archive", tag: "localhost/oci-hello:1" });
+
+  await t.step("a docker-archive gets the first address from host .10", async () => {
+    const r = await deploy(p, "hello", await fileBody(dockerTar));
+    assertEquals(r.status, 201);
+    assertEquals(r.json, { name: "hello", ip: `${base}10` });
+  });
+
+  await t.step("an OCI archive gets the next address", async () => {
+    const r = await deploy(p, "oci", await fileBody(ociTar));
+    assertEquals(r.status, 201);
+    assertEquals(r.json, { name: "oci", ip: `${base}11` });
+  });
+
+  await t.step("GET /api/ip/<name> and GET /api/list have the seed's shapes", async () => {
+    assertEquals(await (await p.request("GET", "/api/ip/hello")).json(), { name: "hello", ip: `${base}10` });
+    const list = await (await p.request("GET", "/api/list")).json();
+    assertEquals(Object.keys(list).sort(), ["hello", "oci"]);
+    assertEquals(list.oci.ip, `${base}11`);
+    assertEquals(list.oci.image_ref, "localhost/oci-hello:1");
+    assertEquals(list.oci.status, "active");
+    assertMatch(list.hello.image_ref, /^localhost\/faasd-test-hello:/);
+    assertMatch(list.hello.digest, /^sha256:[0-9a-f]{64}$/);
+  });
+
+  await t.step("containerd holds each function's image, unpacked, and nothing in progress", async () => {
+    const images = (await p.client.listImages()).map((i) => i.name).sort();
+    assertEquals(images, ["faasd.local/functions/hello:latest", "faasd.local/functions/oci:latest"]);
+    for (const f of p.platform.registry.list()) {
+      assert(await p.client.statSnapshot("overlayfs", f.image!.chainId), `snapshot of ${f.name}`);
+    }
+    assertEquals(await leftovers(p.client), NONE);
+  });
+
+  await t.step("redeploying a name replaces its image and keeps its IP", async () => {
+    const r = await deploy(p, "hello", await fileBody(ociTar));
+    assertEquals(r.status, 200);
+    assertEquals(r.json.ip, `${base}10`);
+    const list = await (await p.request("GET", "/api/list")).json();
+    assertEquals(list.hello.image_ref, "localhost/oci-hello:1");
+  });
+
+  await t.step("GET /api/ip of an unknown name is a 404 with an error", async () => {
+    const res = await p.request("GET", "/api/ip/nope");
+    assertEquals(res.status, 404);
+    assertStringIncludes((await res.json()).error, "nope");
+  });
+
+  await t.step("DELETE removes the function and its image and frees the IP", async () => {
+    const res = await p.request("DELETE", "/api/functions/oci");
+    assertEquals(res.status, 200);
+    assertEquals(await res.json(), { name: "oci", ip: `${base}11`, deleted: true });
+    assertEquals((await p.request("GET", "/api/ip/oci")).status, 404);
+    assertEquals((await p.request("DELETE", "/api/functions/oci")).status, 404);
+    assertEquals((await p.client.listImages()).map((i) => i.name), ["faasd.local/functions/hello:latest"]);
+    const again = await deploy(p, "again", await fileBody(dockerTar));
+    assertEquals(again.json.ip, `${base}11`);
+  });
+
+  await t.step("GET /healthz and /metrics answer", async () => {
+    const health = await (await p.request("GET", "/healthz")).json();
+    assertEquals(health.status, "ok");
+    assertEquals(health.containerd, "1.6.20~ds1");
+    const metrics = await (await p.request("GET", "/metrics")).text();
+    assertStringIncludes(metrics, 'faasd_deploys_total{outcome="ok"} 4');
+  });
+});
+
+Deno.test("POST /api/new refuses bad input with a clear error and leaves nothing behind", async (t) => {
+  await using ctd = await startContainerd();
+  await using p = await startTestPlatform(ctd, { pool: "127.99.0.0/28", flags: ["--max-image-size", "4MiB"] });
+  const good = await Deno.readFile(await buildHandlerImage("hello"));
+  await deploy(p, "existing", good);
+  const before = await snapshotOfStore(p);
+
+  const cases: Array<{ what: string; name?: string; body: BodyInit | null; status: number; error: string }> = [
+    { what: "random bytes", body: crypto.getRandomValues(new Uint8Array(64 * 1024)), status: 400, error: "tar" },
+    { what: "a truncated tarball", body: good.slice(0, Math.floor(good.length / 2)), status: 400, error: "" },
+    {
+      what: "an entry with ../",
+      body: await makeTar([{ name: "../evil", body: "x" }, { name: "manifest.json", body: "[]" }]),
+      status: 400,
+      error: "..",
+    },
+    {
+      what: "a symlink where a blob belongs",
+      body: await makeTar([{ name: "blobs/sha256/" + "a".repeat(64), type: "symlink" }]),
+      status: 400,
+      error: "",
+    },
+    { what: "a tarball without a manifest", body: await makeTar([{ name: "hello.txt", body: "hi" }]), status: 400, error: "manifest" },
+    { what: "a missing X-Image-Name header", name: "", body: good, status: 400, error: "X-Image-Name" },
+    { what: "an invalid name", name: "Bad_Name", body: good, status: 400, error: "invalid function name" },
+    { what: "an empty body", body: null, status: 400, error: "" },
+    { what: "an oversized body", body: new Uint8Array(5 * 1024 * 1024), status: 413, error: "limit" },
+    {
+      what: "an oversized body without Content-Length",
+      body: new Blob([new Uint8Array(5 * 1024 * 1024)]).stream(),
+      status: 413,
+      error: "limit",
+    },
+  ];
+  for (const c of cases) {
+    await t.step(`${c.what} is answered ${c.status}`, async () => {
+      const headers: Record<string, string> = {};
+      if (c.name !== "") headers["x-image-name"] = c.name ?? "bad";
+      const res = await p.request("POST", "/api/new", { headers, body: c.body });
+      const body = await res.json();
+      assertEquals(res.status, c.status, JSON.stringify(body));
+      assertStringIncludes(body.error, c.error);
+      assertEquals(await snapshotOfStore(p), before);
+    });
+  }
+
+  await t.step("a full pool (/28 holds 5) is answered 503 and the image is not imported", async () => {
+    for (const n of ["b", "c", "d", "e"]) assertEquals((await deploy(p, n, good)).status, 201);
+    const full = await snapshotOfStore(p);
+    const r = await deploy(p, "f", good);
+    assertEquals(r.status, 503);
+    assertStringIncludes(r.json.error, "no free IP");
+    assertEquals(await snapshotOfStore(p), full);
+  });
+});
+
+Deno.test("the registry survives a restart of the platform", async () => {
+  await using ctd = await startContainerd();
+  const p = await startTestPlatform(ctd);
+  const r = await deploy(p, "keep", await fileBody(await buildHandlerImage("hello")));
+  await p.close({ keepState: true });
+  await using again = await startTestPlatform(ctd, { stateDir: p.stateDir, namespace: p.namespace, pool: p.pool });
+  assertEquals(await (await again.request("GET", "/api/ip/keep")).json(), { name: "keep", ip: r.json.ip });
+});

@@ -1,0 +1,230 @@
+/**
+ * faasd for integration tests, two ways: in-process ({@linkcode startTestPlatform}: the real platform, its API
+ * handler called without a port) and as the real daemon process ({@linkcode startDaemon}: for the CLI, restarts and
+ * signals). Both run against a real containerd, in a namespace of their own, with a loopback pool of their own, so
+ * tests stay independent. {@linkcode leftovers} lists what a test must not leave behind in containerd.
+ *
+ * @module
+ */
+
+import type { ContainerdInstance } from "./containerd.ts";
+import { testNamespace } from "./containerd.ts";
+import type { Containerd } from "../../lib/containerd/client.ts";
+import { parseDaemonConfig } from "../../lib/config.ts";
+import { type Platform, startPlatform } from "../../lib/platform.ts";
+
+const ROOT = new URL("../..", import.meta.url).pathname;
+
+/** A random loopback /24 pool, e.g. `127.143.7.0/24`, so tests never share addresses. */
+export function loopbackPool(prefix = 24): string {
+  const [a, b] = crypto.getRandomValues(new Uint8Array(2));
+  return `127.${100 + (a! % 150)}.${b}.0/${prefix}`;
+}
+
+/** A TCP port that was free a moment ago. */
+export function freePort(): number {
+  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (l.addr as Deno.NetAddr).port;
+  l.close();
+  return port;
+}
+
+/** Options of a test platform; flags as strings, as on the command line. */
+export interface TestPlatformOptions {
+  pool?: string;
+  port?: number;
+  stateDir?: string;
+  namespace?: string;
+  /** Extra daemon flags, e.g. `["--request-timeout", "2s"]`. */
+  flags?: string[];
+  /** Run the daemon inside this network namespace (startDaemon only). */
+  netns?: string;
+}
+
+/** An in-process platform and what it was started with. */
+export interface TestPlatform extends AsyncDisposable {
+  platform: Platform;
+  namespace: string;
+  stateDir: string;
+  pool: string;
+  port: number;
+  client: Containerd;
+  /** Calls the control API in-process. */
+  request(method: string, path: string, init?: { body?: BodyInit | null; headers?: HeadersInit }): Promise<Response>;
+  /** Closes the platform (and, unless `keepState`, removes its state directory and its namespace's content). */
+  close(opts?: { keepState?: boolean }): Promise<void>;
+}
+
+function flagsFor(ctd: ContainerdInstance, o: Required<Omit<TestPlatformOptions, "flags">>, flags: string[]) {
+  return [
+    "--state-dir",
+    o.stateDir,
+    "--ip-pool",
+    o.pool,
+    "--port",
+    String(o.port),
+    "--containerd",
+    ctd.socket,
+    "--namespace",
+    o.namespace,
+    "--shutdown-grace",
+    "2s",
+    ...flags,
+  ];
+}
+
+/** Starts the platform in-process against `ctd`. */
+export async function startTestPlatform(ctd: ContainerdInstance, opts: TestPlatformOptions = {}): Promise<TestPlatform> {
+  const o = {
+    pool: opts.pool ?? loopbackPool(),
+    port: opts.port ?? 18080,
+    stateDir: opts.stateDir ?? await Deno.makeTempDir({ prefix: "faasd-state-" }),
+    namespace: opts.namespace ?? testNamespace(),
+  };
+  const config = parseDaemonConfig(flagsFor(ctd, o, opts.flags ?? []), () => undefined);
+  if (config === "help") throw new Error("unreachable");
+  const platform = await startPlatform(config, () => {});
+  const client = ctd.client(o.namespace);
+  let closed: Promise<void> | null = null;
+  const close = (c: { keepState?: boolean } = {}) =>
+    closed ??= (async () => {
+      await platform.close();
+      if (!c.keepState) {
+        for (const f of platform.registry.list()) await import("../../lib/hostaddr.ts").then((h) => h.releaseAddress(f.ip));
+        await Deno.remove(o.stateDir, { recursive: true }).catch(() => {});
+      }
+      client.close();
+    })();
+  return {
+    platform,
+    ...o,
+    client,
+    request: (method, path, init = {}) =>
+      platform.api(new Request(`http://faasd.test${path}`, { method, body: init.body, headers: init.headers })),
+    close,
+    [Symbol.asyncDispose]: () => close(),
+  };
+}
+
+/** What containerd holds for a namespace, beyond the images faasd keeps on purpose. */
+export interface Leftovers {
+  containers: string[];
+  tasks: string[];
+  activeSnapshots: string[];
+  leases: string[];
+  ingests: string[];
+}
+
+/** Lists containers, tasks, active snapshots, leases and unfinished ingests in `client`'s namespace. */
+export async function leftovers(client: Containerd, snapshotter = "overlayfs"): Promise<Leftovers> {
+  return {
+    containers: (await client.listContainers()).map((c) => c.id),
+    tasks: (await client.listTasks()).map((t) => t.containerId),
+    activeSnapshots: (await client.listSnapshots(snapshotter)).filter((s) => s.kind !== "committed").map((s) => s.name),
+    leases: (await client.listLeases()).map((l) => l.id),
+    ingests: (await client.listIngests()).map((i) => i.ref),
+  };
+}
+
+/** No leftovers at all. */
+export const NONE: Leftovers = { containers: [], tasks: [], activeSnapshots: [], leases: [], ingests: [] };
+
+/** Counts this process's open file descriptors. */
+export function openFds(): number {
+  return [...Deno.readDirSync("/proc/self/fd")].length;
+}
+
+/** The real daemon as a child process. */
+export interface Daemon extends AsyncDisposable {
+  url: string;
+  stateDir: string;
+  namespace: string;
+  pool: string;
+  port: number;
+  pid: number;
+  /** Everything the daemon printed so far. */
+  output(): string;
+  /** Sends `signal` and waits for the exit; returns the exit code. */
+  stop(signal?: Deno.Signal): Promise<number>;
+}
+
+/** Whether `url`/healthz answers 200 (asked from inside `netns` when given). */
+async function healthy(url: string, netns?: string): Promise<boolean> {
+  if (netns) {
+    const args = ["netns", "exec", netns, "curl", "-fsS", "-o", "/dev/null", "-m", "2", `${url}/healthz`];
+    return (await new Deno.Command("ip", { args, stdout: "null", stderr: "null" }).output()).success;
+  }
+  try {
+    const res = await fetch(`${url}/healthz`);
+    await res.body?.cancel();
+    return res.ok;
+  } catch {
+    return false; // not listening yet
+  }
+}
+
+/** Starts `deno run main.ts` against `ctd` and waits until `/healthz` answers. */
+export async function startDaemon(ctd: ContainerdInstance, opts: TestPlatformOptions = {}): Promise<Daemon> {
+  const o = {
+    pool: opts.pool ?? loopbackPool(),
+    port: opts.port ?? 18080,
+    stateDir: opts.stateDir ?? await Deno.makeTempDir({ prefix: "faasd-state-" }),
+    namespace: opts.namespace ?? testNamespace(),
+  };
+  const apiPort = freePort();
+  const url = `http://127.0.0.1:${apiPort}`;
+  const daemon = [
+    Deno.execPath(),
+    "run",
+    "-A",
+    `${ROOT}main.ts`,
+    "--api",
+    `127.0.0.1:${apiPort}`,
+    ...flagsFor(ctd, o, opts.flags ?? []),
+  ];
+  const argv = opts.netns ? ["ip", "netns", "exec", opts.netns, ...daemon] : daemon;
+  const child = new Deno.Command(argv[0]!, {
+    args: argv.slice(1),
+    stdout: "piped",
+    stderr: "piped",
+    cwd: ROOT,
+  }).spawn();
+  let out = "";
+  const collect = async (s: ReadableStream<Uint8Array>) => {
+    for await (const chunk of s.pipeThrough(new TextDecoderStream())) out += chunk;
+  };
+  const collected = Promise.all([collect(child.stdout), collect(child.stderr)]);
+  let status: Deno.CommandStatus | null = null;
+  child.status.then((s) => status = s);
+  const deadline = Date.now() + 30_000;
+  while (true) {
+    if (status) throw new Error(`faasd exited during start-up:\n${out}`);
+    if (await healthy(url, opts.netns)) break;
+    if (Date.now() > deadline) {
+      child.kill("SIGKILL");
+      await child.status;
+      throw new Error(`faasd did not become healthy:\n${out}`);
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  let stopped: Promise<number> | null = null;
+  const stop = (signal: Deno.Signal = "SIGTERM") =>
+    stopped ??= (async () => {
+      if (!status) child.kill(signal);
+      const s = await child.status;
+      await collected;
+      return s.code;
+    })();
+  return {
+    url,
+    ...o,
+    pid: child.pid,
+    output: () => out,
+    stop,
+    /** Stops the daemon and removes its state directory. */
+    [Symbol.asyncDispose]: async () => {
+      await stop();
+      await Deno.remove(o.stateDir, { recursive: true }).catch(() => {});
+    },
+  };
+}

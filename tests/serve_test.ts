@@ -1,0 +1,146 @@
+/**
+ * Serving end to end: real listeners, real containers through containerd, the client socket handed over with
+ * SCM_RIGHTS; curl as the client. Covers the handler contract and faasd's duties to the client, isolation between
+ * requests, the failure answers (502/503/504), concurrency, and that nothing is left behind afterwards.
+ */
+
+import { assert, assertEquals, assertMatch, assertStringIncludes } from "./assert.ts";
+import { startContainerd } from "./harness/containerd.ts";
+import { buildHandlerImage } from "./harness/images.ts";
+import { leftovers, NONE, openFds, startTestPlatform, type TestPlatform } from "./harness/platform.ts";
+import { curl } from "./curl.ts";
+
+async function deployMode(p: TestPlatform, name: string, mode: string, env?: Record<string, string>): Promise<string> {
+  const tarball = await buildHandlerImage(mode, env ? { env } : {});
+  const res = await p.request("POST", "/api/new", {
+    headers: { "x-image-name": name },
+    body: (await Deno.open(tarball)).readable,
+  });
+  const body = await res.json();
+  if (res.status !== 201) throw new Error(`deploy ${name}: ${res.status} ${JSON.stringify(body)}`);
+  return `http://${body.ip}:${p.port}/`;
+}
+
+/** Polls until containerd holds nothing from requests (cleanup runs right after the client is answered). */
+async function settled(p: TestPlatform): Promise<void> {
+  for (let i = 0; i < 100 && p.platform.server.inflight > 0; i++) await new Promise((r) => setTimeout(r, 100));
+  assertEquals(p.platform.server.inflight, 0);
+}
+
+Deno.test("every connection is served by a fresh container that receives the socket", async (t) => {
+  await using ctd = await startContainerd();
+  await using p = await startTestPlatform(ctd, {
+    flags: ["--connect-timeout", "1s", "--request-timeout", "3s", "--max-concurrency", "64"],
+  });
+  const urls: Record<string, string> = {};
+  for (const mode of ["hello", "noread", "marker", "crash", "exit", "noconnect", "hang", "big"]) {
+    urls[mode] = await deployMode(p, mode, mode);
+  }
+  const listenerAddr = new URL(urls.hello!).host;
+  urls.netprobe = await deployMode(p, "netprobe", "netprobe", { PROBE_ADDR: listenerAddr });
+  const fdsBefore = openFds();
+
+  await t.step("a hello handler answers", async () => {
+    const r = await curl(urls.hello!);
+    assertEquals([r.exit, r.status, r.body], [0, 200, "hello from faasd\n"]);
+  });
+
+  await t.step("a handler that answers without reading the request gets a clean close (curl exit 0)", async () => {
+    const r = await curl(urls.noread!, { data: "x".repeat(200_000) });
+    assertEquals(r.exit, 0, r.stderr);
+    assertEquals([r.status, r.body], [200, "Hello World!"]);
+    const get = await curl(urls.noread!);
+    assertEquals([get.exit, get.body], [0, "Hello World!"]);
+  });
+
+  await t.step("a large answer arrives whole", async () => {
+    const r = await curl(urls.big!);
+    assertEquals([r.exit, r.status, r.body.length], [0, 200, 1024 * 1024]);
+  });
+
+  await t.step("a request never sees another request's files", async () => {
+    for (let i = 0; i < 3; i++) {
+      const r = await curl(urls.marker!);
+      assertEquals([r.exit, r.status, r.body], [0, 200, "fresh"]);
+    }
+  });
+
+  await t.step("a handler in its netns cannot open a connection to faasd's listener", async () => {
+    const r = await curl(urls.netprobe!);
+    assertEquals(r.status, 200);
+    assertMatch(r.body, /^blocked: E[A-Z]+/);
+  });
+
+  await t.step("a crash after receiving the socket is answered 502", async () => {
+    const r = await curl(urls.crash!);
+    assertEquals([r.exit, r.status], [0, 502]);
+    assertStringIncludes(r.body, "without answering");
+  });
+
+  await t.step("a container that exits without connecting is answered 502", async () => {
+    const r = await curl(urls.exit!);
+    assertEquals([r.exit, r.status], [0, 502]);
+  });
+
+  await t.step("a container that never connects is answered 504 after the connect timeout", async () => {
+    const r = await curl(urls.noconnect!);
+    assertEquals([r.exit, r.status], [0, 504]);
+    assertStringIncludes(r.body, "/control.sock");
+  });
+
+  await t.step("a handler that hangs is answered 504 after the request timeout, and killed", async () => {
+    const r = await curl(urls.hang!);
+    assertEquals([r.exit, r.status], [0, 504]);
+    await settled(p);
+    assertEquals((await p.client.listTasks()).length, 0);
+  });
+
+  await t.step("50 concurrent requests are all answered", async () => {
+    const results = await Promise.all(Array.from({ length: 50 }, () => curl(urls.hello!, { timeoutS: 60 })));
+    assertEquals(results.filter((r) => r.exit === 0 && r.status === 200).length, 50);
+  });
+
+  await t.step("the container output lands in the function's log", async () => {
+    const res = await p.request("GET", "/api/logs/hello");
+    assertEquals(res.status, 200);
+    assertStringIncludes(await res.text(), "handler hello");
+  });
+
+  await t.step("afterwards no fd, container, task, snapshot or control socket is left", async () => {
+    await settled(p);
+    assertEquals(openFds(), fdsBefore);
+    assertEquals(await leftovers(p.client), NONE);
+    assertEquals([...Deno.readDirSync(`${p.stateDir}/run`)].length, 0);
+    const metrics = await (await p.request("GET", "/metrics")).text();
+    assertStringIncludes(metrics, 'faasd_requests_total{function="hello",outcome="ok"}');
+    assertStringIncludes(metrics, 'faasd_requests_total{function="noconnect",outcome="connect-timeout"} 1');
+  });
+});
+
+Deno.test("past the per-function concurrency limit connections are answered 503", async () => {
+  await using ctd = await startContainerd();
+  await using p = await startTestPlatform(ctd, { flags: ["--max-concurrency", "1"] });
+  const tarball = await buildHandlerImage("sleep", { args: ["1500"] });
+  const res = await p.request("POST", "/api/new", {
+    headers: { "x-image-name": "slow" },
+    body: (await Deno.open(tarball)).readable,
+  });
+  const url = `http://${(await res.json()).ip}:${p.port}/`;
+  const first = curl(url);
+  await new Promise((r) => setTimeout(r, 300));
+  const second = await curl(url);
+  assertEquals([second.exit, second.status], [0, 503]);
+  assertEquals((await first).status, 200);
+  await settled(p);
+  assertEquals(await leftovers(p.client), NONE);
+});
+
+Deno.test("a deleted function stops accepting connections", async () => {
+  await using ctd = await startContainerd();
+  await using p = await startTestPlatform(ctd);
+  const url = await deployMode(p, "gone", "hello");
+  assertEquals((await curl(url)).status, 200);
+  assertEquals((await p.request("DELETE", "/api/functions/gone")).status, 200);
+  const r = await curl(url, { timeoutS: 5 });
+  assert(r.exit !== 0, "connection refused after delete");
+});
