@@ -9,7 +9,6 @@
  */
 
 import { ErrnoError } from "../ffi/errno.ts";
-import type { Poller } from "../ffi/epoll.ts";
 import type { TcpConn } from "../ffi/socket.ts";
 import { Listeners } from "./listen.ts";
 import type { Metrics } from "./metrics.ts";
@@ -187,7 +186,9 @@ export class Server {
           if (r === "timeout" || conn.drain() === "eof") break;
         }
       }
-    } catch { /* the client reset or vanished: nothing more to do */ } finally {
+    } catch {
+      /* the client reset or vanished: nothing more to do */
+    } finally {
       conn.close();
     }
   }

@@ -98,7 +98,12 @@ export class RequestContainer {
     const { containerd, snapshotter, runtime, stateDir } = this.#deps;
     const image = fn.image!;
     const labels = { ...OWNED_LABELS, [FUNCTION_LABEL]: fn.name };
-    const spec = buildSpec({ id: this.id, hostname: fn.name, process: image.config, controlSocket: this.#listener.path });
+    const spec = buildSpec({
+      id: this.id,
+      hostname: fn.name,
+      process: image.config,
+      controlSocket: this.#listener.path,
+    });
     // The lease keeps the new snapshot from being collected before the container references it.
     this.#lease = await containerd.createLease({ labels, expireAfterSeconds: 24 * 3600 });
     const lease = this.#lease;
@@ -150,9 +155,11 @@ export class RequestContainer {
       const onAbort = () => stop.abort(signal?.reason);
       signal?.addEventListener("abort", onAbort, { once: true });
       try {
+        // Aborting a wait rejects it; that rejection is expected once the race is decided, so it maps to a value.
         const ready = this.#deps.poller.wait(this.#listener.fd, "read", { timeoutMs: left, signal: stop.signal })
-          .then((r) => r === "ready" ? "again" as const : "timeout" as const);
+          .then((r) => r === "ready" ? "again" as const : "timeout" as const, () => "aborted" as const);
         const outcome = await Promise.race([ready, exited]);
+        if (outcome === "aborted") throw signal?.reason ?? new Error("aborted");
         if (outcome === "exited") {
           // It may have connected just before exiting; a connection still queued counts.
           const late = this.#listener.accept();
@@ -253,7 +260,9 @@ export async function reapLeftovers(deps: Pick<SpawnDeps, "containerd" | "stateD
   for (const s of await containerd.listSnapshots(snapshotter, filter)) {
     await containerd.removeSnapshot(snapshotter, s.name).catch(swallow);
   }
-  for (const l of await containerd.listLeases(filter)) await containerd.deleteLease(l.id, { sync: false }).catch(swallow);
+  for (const l of await containerd.listLeases(filter)) {
+    await containerd.deleteLease(l.id, { sync: false }).catch(swallow);
+  }
   const dir = socketDir(deps.stateDir);
   await Deno.mkdir(dir, { recursive: true });
   for await (const entry of Deno.readDir(dir)) {

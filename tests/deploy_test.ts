@@ -14,7 +14,11 @@ async function fileBody(path: string): Promise<ReadableStream<Uint8Array>> {
   return (await Deno.open(path)).readable;
 }
 
-async function deploy(p: TestPlatform, name: string, body: BodyInit): Promise<{ status: number; json: Record<string, string> }> {
+async function deploy(
+  p: TestPlatform,
+  name: string,
+  body: BodyInit,
+): Promise<{ status: number; json: Record<string, string> }> {
   const res = await p.request("POST", "/api/new", { headers: { "x-image-name": name }, body });
   return { status: res.status, json: await res.json() };
 }
@@ -28,7 +32,7 @@ async function makeTar(entries: Array<{ name: string; body?: string; type?: "fil
   }
   pack.finalize();
   const chunks: Uint8Array[] = [];
-  for await (const c of pack as AsyncIterable<Uint8Array>) chunks.push(new Uint8Array(c));
+  for await (const c of pack as AsyncIterable<Uint8Array>) chunks.push(Uint8Array.from(c));
   return new Uint8Array(await new Blob(chunks).arrayBuffer());
 }
 
@@ -138,7 +142,12 @@ Deno.test("POST /api/new refuses bad input with a clear error and leaves nothing
       status: 400,
       error: "",
     },
-    { what: "a tarball without a manifest", body: await makeTar([{ name: "hello.txt", body: "hi" }]), status: 400, error: "manifest" },
+    {
+      what: "a tarball without a manifest",
+      body: await makeTar([{ name: "hello.txt", body: "hi" }]),
+      status: 400,
+      error: "manifest",
+    },
     { what: "a missing X-Image-Name header", name: "", body: good, status: 400, error: "X-Image-Name" },
     { what: "an invalid name", name: "Bad_Name", body: good, status: 400, error: "invalid function name" },
     { what: "an empty body", body: null, status: 400, error: "" },

@@ -32,7 +32,11 @@ export function statusOf(e: unknown): number {
   if (e instanceof HttpError) return e.status;
   if (e instanceof FunctionNotFoundError) return 404;
   if (e instanceof PoolExhaustedError) return 503;
-  if (e instanceof ImageImportError) return e.tooLarge ? 413 : 400;
+  if (e instanceof ImageImportError) {
+    if (e.kind === "invalid") return 400;
+    if (e.kind === "too-large") return 413;
+    return isUnavailable(e.cause) ? 503 : 502; // containerd failed, not the upload
+  }
   if (e instanceof ListenError) return 409;
   if (e instanceof ContainerdError) return isUnavailable(e) ? 503 : 502;
   return 500;

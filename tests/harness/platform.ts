@@ -55,7 +55,7 @@ export interface TestPlatform extends AsyncDisposable {
   close(opts?: { keepState?: boolean }): Promise<void>;
 }
 
-function flagsFor(ctd: ContainerdInstance, o: Required<Omit<TestPlatformOptions, "flags">>, flags: string[]) {
+function flagsFor(ctd: ContainerdInstance, o: Required<Omit<TestPlatformOptions, "flags" | "netns">>, flags: string[]) {
   return [
     "--state-dir",
     o.stateDir,
@@ -74,7 +74,10 @@ function flagsFor(ctd: ContainerdInstance, o: Required<Omit<TestPlatformOptions,
 }
 
 /** Starts the platform in-process against `ctd`. */
-export async function startTestPlatform(ctd: ContainerdInstance, opts: TestPlatformOptions = {}): Promise<TestPlatform> {
+export async function startTestPlatform(
+  ctd: ContainerdInstance,
+  opts: TestPlatformOptions = {},
+): Promise<TestPlatform> {
   const o = {
     pool: opts.pool ?? loopbackPool(),
     port: opts.port ?? 18080,
@@ -90,7 +93,9 @@ export async function startTestPlatform(ctd: ContainerdInstance, opts: TestPlatf
     closed ??= (async () => {
       await platform.close();
       if (!c.keepState) {
-        for (const f of platform.registry.list()) await import("../../lib/hostaddr.ts").then((h) => h.releaseAddress(f.ip));
+        for (const f of platform.registry.list()) {await import("../../lib/hostaddr.ts").then((h) =>
+            h.releaseAddress(f.ip)
+          );}
         await Deno.remove(o.stateDir, { recursive: true }).catch(() => {});
       }
       client.close();
