@@ -94,7 +94,10 @@ export async function startPlatform(config: DaemonConfig, log: (message: string)
       requestTimeoutMs: config.requestTimeoutMs,
       maxConcurrency: config.maxConcurrency,
     });
-    const images = containerdImageStore(containerd, { maxBytes: config.maxImageBytes, snapshotter: config.snapshotter });
+    const images = containerdImageStore(containerd, {
+      maxBytes: config.maxImageBytes,
+      snapshotter: config.snapshotter,
+    });
     const functions = new Functions({
       registry,
       pool: config.ipPool,

@@ -35,7 +35,9 @@ function checkError(e: unknown, cls?: ErrorClass, includes?: string): Error {
   }
   if (includes !== undefined && !(e as Error).message.includes(includes)) {
     throw new nodeAssert.AssertionError({
-      message: `expected error message to include ${JSON.stringify(includes)}, got ${JSON.stringify((e as Error).message)}`,
+      message: `expected error message to include ${JSON.stringify(includes)}, got ${
+        JSON.stringify((e as Error).message)
+      }`,
     });
   }
   return e as Error;

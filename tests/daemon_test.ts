@@ -11,7 +11,17 @@ import { freePort, leftovers, NONE, startDaemon } from "./harness/platform.ts";
 import { curl } from "./curl.ts";
 
 async function upload(url: string, name: string, tarball: string, netns?: string): Promise<{ ip: string }> {
-  const args = ["-sS", "-f", "-X", "POST", "-H", `X-Image-Name: ${name}`, "--data-binary", `@${tarball}`, `${url}/api/new`];
+  const args = [
+    "-sS",
+    "-f",
+    "-X",
+    "POST",
+    "-H",
+    `X-Image-Name: ${name}`,
+    "--data-binary",
+    `@${tarball}`,
+    `${url}/api/new`,
+  ];
   const argv = netns ? ["ip", "netns", "exec", netns, "curl", ...args] : ["curl", ...args];
   const out = await new Deno.Command(argv[0]!, { args: argv.slice(1), stdout: "piped", stderr: "piped" }).output();
   if (!out.success) throw new Error(`upload failed: ${new TextDecoder().decode(out.stderr)}`);
@@ -51,11 +61,17 @@ Deno.test("a faasd killed mid-request has its leftovers reaped at the next start
   const pending = curl(`http://${ip}:${first.port}/`, { timeoutS: 30 });
   const client = ctd.client(first.namespace);
   try {
-    for (let i = 0; i < 100 && (await client.listTasks()).length === 0; i++) await new Promise((r) => setTimeout(r, 100));
+    for (let i = 0; i < 100 && (await client.listTasks()).length === 0; i++) {
+      await new Promise((r) => setTimeout(r, 100));
+    }
     assertEquals((await client.listTasks()).length, 1);
     await first.stop("SIGKILL");
     assertEquals((await pending).exit !== 0 || (await pending).status !== 200, true);
-    await using second = await startDaemon(ctd, { stateDir: first.stateDir, namespace: first.namespace, pool: first.pool });
+    await using second = await startDaemon(ctd, {
+      stateDir: first.stateDir,
+      namespace: first.namespace,
+      pool: first.pool,
+    });
     assertStringIncludes(second.output(), "reaped 1 container(s)");
     assertEquals(await leftovers(client), NONE);
     assertEquals([...Deno.readDirSync(`${first.stateDir}/run`)].length, 0);
@@ -71,7 +87,9 @@ Deno.test("SIGTERM lets a request in flight finish before faasd exits", async ()
   const pending = curl(`http://${ip}:${d.port}/`);
   const client = ctd.client(d.namespace);
   try {
-    for (let i = 0; i < 100 && (await client.listTasks()).length === 0; i++) await new Promise((r) => setTimeout(r, 50));
+    for (let i = 0; i < 100 && (await client.listTasks()).length === 0; i++) {
+      await new Promise((r) => setTimeout(r, 50));
+    }
     assertEquals(await d.stop("SIGTERM"), 0);
     const r = await pending;
     assertEquals([r.exit, r.status, r.body], [0, 200, "slept\n"]);

@@ -31,7 +31,7 @@ async function makeTar(entries: Array<{ name: string; body?: string; type?: "fil
     else pack.entry({ name: e.name }, e.body ?? "");
   }
   pack.finalize();
-  const chunks: Uint8Array[] = [];
+  const chunks: Uint8Array<ArrayBuffer>[] = [];
   for await (const c of pack as AsyncIterable<Uint8Array>) chunks.push(Uint8Array.from(c));
   return new Uint8Array(await new Blob(chunks).arrayBuffer());
 }

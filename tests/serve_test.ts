@@ -38,6 +38,7 @@ Deno.test("every connection is served by a fresh container that receives the soc
   }
   const listenerAddr = new URL(urls.hello!).host;
   urls.netprobe = await deployMode(p, "netprobe", "netprobe", { PROBE_ADDR: listenerAddr });
+  assertEquals(await leftovers(p.client), NONE); // also opens the test's own containerd connection before counting
   const fdsBefore = openFds();
 
   await t.step("a hello handler answers", async () => {

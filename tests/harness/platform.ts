@@ -12,6 +12,7 @@ import { testNamespace } from "./containerd.ts";
 import type { Containerd } from "../../lib/containerd/client.ts";
 import { parseDaemonConfig } from "../../lib/config.ts";
 import { type Platform, startPlatform } from "../../lib/platform.ts";
+import { releaseAddress } from "../../lib/hostaddr.ts";
 
 const ROOT = new URL("../..", import.meta.url).pathname;
 
@@ -91,11 +92,10 @@ export async function startTestPlatform(
   let closed: Promise<void> | null = null;
   const close = (c: { keepState?: boolean } = {}) =>
     closed ??= (async () => {
+      const ips = platform.registry.list().map((f) => f.ip);
       await platform.close();
       if (!c.keepState) {
-        for (const f of platform.registry.list()) {await import("../../lib/hostaddr.ts").then((h) =>
-            h.releaseAddress(f.ip)
-          );}
+        for (const ip of ips) await releaseAddress(ip);
         await Deno.remove(o.stateDir, { recursive: true }).catch(() => {});
       }
       client.close();
@@ -134,9 +134,17 @@ export async function leftovers(client: Containerd, snapshotter = "overlayfs"): 
 /** No leftovers at all. */
 export const NONE: Leftovers = { containers: [], tasks: [], activeSnapshots: [], leases: [], ingests: [] };
 
-/** Counts this process's open file descriptors. */
-export function openFds(): number {
-  return [...Deno.readDirSync("/proc/self/fd")].length;
+/** This process's open file descriptors, as `fd -> target`, so that a leak names what leaked. */
+export function openFds(): string[] {
+  const out: string[] = [];
+  for (const e of Deno.readDirSync("/proc/self/fd")) {
+    try {
+      out.push(`${e.name} -> ${Deno.readLinkSync(`/proc/self/fd/${e.name}`)}`);
+    } catch {
+      // the fd used by readDirSync itself, closed by now
+    }
+  }
+  return out.sort();
 }
 
 /** The real daemon as a child process. */

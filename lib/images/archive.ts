@@ -1,0 +1,295 @@
+/**
+ * Reads an image tarball as a stream and moves every file that can be a blob straight into containerd's content
+ * store, so that the tarball is never held whole in memory or on disk. What comes back is a map from entry name to
+ * what became of it: a committed blob (digest, size, first bytes, and the bytes themselves for small JSON), or a
+ * non-regular entry (which must not be used as a blob). The archive's own index files (`manifest.json`,
+ * `index.json`, …) are kept in memory.
+ *
+ * Tar parsing is `tar-stream`'s; a whole-archive gzip (`docker save | gzip`) is undone on the fly.
+ *
+ * @module
+ */
+
+import { Buffer } from "node:buffer";
+import tar from "tar-stream";
+import { Code, type Containerd, ContainerdError } from "../containerd/client.ts";
+import { ImageImportError, ImageTooLargeError } from "./errors.ts";
+import { detectCompression } from "./mediatypes.ts";
+
+/** Index files of docker-archive and OCI layout, kept in memory and never written as blobs. */
+const INDEX_FILES = new Set(["manifest.json", "index.json", "oci-layout", "repositories"]);
+/** Per-layer files of the legacy docker v1 layout that nothing reads. */
+const LEGACY_FILES = /^[^/]+\/(VERSION|json)$/;
+/** An OCI layout blob: its name states its digest. */
+const OCI_BLOB = /^blobs\/sha256\/([a-f0-9]{64})$/;
+
+/** Largest JSON file (index, manifest, config) accepted in memory. */
+export const MAX_JSON_BYTES = 4 << 20;
+/** Total bytes of small JSON blobs kept in memory; past it they are read back from containerd when needed. */
+const JSON_BUDGET = 32 << 20;
+
+/** A regular file of the archive, now a committed blob. */
+export interface ArchiveBlob {
+  kind: "blob";
+  name: string;
+  digest: string;
+  size: number;
+  /** Up to the first 4 bytes, for telling compression. */
+  head: Uint8Array;
+  /** The bytes, when small and JSON-looking (else read them back from containerd). */
+  json?: Uint8Array;
+}
+
+/** An entry that is not a regular file (symlink, hard link, device, fifo …): never a blob. */
+export interface ArchiveOther {
+  kind: "other";
+  name: string;
+  type: string;
+}
+
+/** What an archive held. */
+export interface ArchiveContents {
+  /** Blobs and non-regular entries by normalised name (no `./`, no trailing `/`). */
+  entries: Map<string, ArchiveBlob | ArchiveOther>;
+  /** The archive's index files by name. */
+  indexFiles: Map<string, Uint8Array>;
+  /** Bytes of tar read (after undoing a whole-archive gzip). */
+  tarBytes: number;
+}
+
+/** Options of {@linkcode ingestArchive}. */
+export interface IngestOptions {
+  /** Lease holding every blob written. */
+  lease: string;
+  /** Prefix of the ingest refs, unique per import. */
+  refPrefix: string;
+  /** Limit of the tar stream's size in bytes. */
+  maxBytes: number;
+  /** Limit of the number of entries. */
+  maxEntries: number;
+}
+
+/**
+ * Streams `body` (a tar, or a gzipped tar) into the content store.
+ *
+ * @throws {ImageTooLargeError} once more than `maxBytes` bytes of tar arrive.
+ * @throws {ImageImportError} for anything that is not a well-formed, safe archive (`kind: "invalid"`).
+ * @throws {ContainerdError} when containerd fails; an ingest in progress is aborted first.
+ */
+export async function ingestArchive(
+  client: Containerd,
+  body: ReadableStream<Uint8Array>,
+  options: IngestOptions,
+): Promise<ArchiveContents> {
+  const entries = new Map<string, ArchiveBlob | ArchiveOther>();
+  const indexFiles = new Map<string, Uint8Array>();
+  const stop = new AbortController();
+  const extract = tar.extract();
+  const feeder = feed(extract, body, options.maxBytes, stop.signal);
+  // Its failure reaches us through the parser too; this only keeps it from counting as unhandled meanwhile.
+  feeder.catch(() => {});
+  let count = 0;
+  let jsonKept = 0;
+  try {
+    for await (const entry of extract) {
+      if (++count > options.maxEntries) {
+        throw new ImageImportError(`image archive has more than ${options.maxEntries} entries`);
+      }
+      const it = entry[Symbol.asyncIterator]() as AsyncIterator<Uint8Array>;
+      const result = await readEntry(client, entry.header, it, {
+        ref: `${options.refPrefix}-${count}`,
+        lease: options.lease,
+        keepJson: jsonKept < JSON_BUDGET,
+      });
+      // Whatever the handler left unread goes too, so that the parser moves on (and reports truncation here).
+      while (!(await it.next()).done);
+      if (result?.kind === "index") indexFiles.set(result.name, result.data);
+      else if (result) {
+        entries.set(result.name, result);
+        if (result.kind === "blob" && result.json) jsonKept += result.json.length;
+      }
+    }
+    return { entries, indexFiles, tarBytes: await feeder };
+  } catch (err) {
+    stop.abort(err);
+    extract.destroy();
+    await feeder.catch(() => {});
+    throw classify(err);
+  }
+}
+
+type EntryResult = ArchiveBlob | ArchiveOther | { kind: "index"; name: string; data: Uint8Array } | null;
+
+async function readEntry(
+  client: Containerd,
+  header: tar.Header,
+  it: AsyncIterator<Uint8Array>,
+  options: { ref: string; lease: string; keepJson: boolean },
+): Promise<EntryResult> {
+  const name = normalizeEntryName(header.name);
+  const type = header.type ?? "file";
+  if (name === "" || type === "directory") return null;
+  if (type !== "file" && type !== "contiguous-file") return { kind: "other", name, type };
+  if (INDEX_FILES.has(name)) return { kind: "index", name, data: await readSmall(it, name) };
+  if (LEGACY_FILES.test(name)) return null;
+
+  const size = header.size ?? 0;
+  const expected = OCI_BLOB.exec(name)?.[1];
+  let head = new Uint8Array(0);
+  let seen = 0;
+  const kept: Uint8Array[] | null = options.keepJson && size <= MAX_JSON_BYTES ? [] : null;
+  // Reads through `it` without ever closing it: the caller still owns (and drains) the entry after the write.
+  const observed = (async function* () {
+    for (;;) {
+      const next = await it.next();
+      if (next.done) return;
+      const chunk = next.value;
+      if (head.length < 4) head = Uint8Array.from([...head, ...chunk.subarray(0, 4 - head.length)]);
+      seen += chunk.length;
+      kept?.push(chunk);
+      yield chunk;
+    }
+  })();
+  let written;
+  try {
+    written = await client.writeBlob(observed, {
+      ref: options.ref,
+      lease: options.lease,
+      total: size,
+      expected: expected ? `sha256:${expected}` : undefined,
+    });
+  } catch (err) {
+    if (err instanceof ContainerdError && (err.code === Code.FailedPrecondition || err.code === Code.InvalidArgument)) {
+      throw new ImageImportError(`archive entry ${name} does not match its name's digest or size`, { cause: err });
+    }
+    throw err;
+  }
+  const complete = seen === size;
+  const json = kept && complete && looksLikeJson(head) ? concat(kept, size) : undefined;
+  return { kind: "blob", name, digest: written.digest, size: written.size, head, json };
+}
+
+/**
+ * Normalises a tar entry name: drops `./` and empty segments and a trailing `/`.
+ *
+ * @throws {ImageImportError} for an absolute name or one with a `..` segment.
+ */
+export function normalizeEntryName(raw: string): string {
+  if (raw.includes("\0")) throw new ImageImportError(`archive entry name ${JSON.stringify(raw)} contains NUL`);
+  if (raw.startsWith("/")) {
+    throw new ImageImportError(`archive entry ${JSON.stringify(raw)} has an absolute path`);
+  }
+  const parts = raw.split("/").filter((p) => p !== "" && p !== ".");
+  if (parts.includes("..")) {
+    throw new ImageImportError(`archive entry ${JSON.stringify(raw)} points outside the archive ("..")`);
+  }
+  return parts.join("/");
+}
+
+/** Pumps `body` into the tar parser at the pace it accepts; resolves to the tar byte count. */
+async function feed(
+  extract: tar.Extract,
+  body: ReadableStream<Uint8Array>,
+  maxBytes: number,
+  signal: AbortSignal,
+): Promise<number> {
+  const reader = body.getReader();
+  // Cancelling is the only way to end a pending read when the upload stalls after we gave up.
+  const onAbort = () => reader.cancel(signal.reason).catch(() => {});
+  signal.addEventListener("abort", onAbort, { once: true });
+  let total = 0;
+  try {
+    let first = await reader.read();
+    while (!first.done && first.value.length === 0) first = await reader.read();
+    const raw = new ReadableStream<Uint8Array>({
+      start(controller) {
+        if (first.done) controller.close();
+        else controller.enqueue(first.value);
+      },
+      async pull(controller) {
+        const next = await reader.read();
+        if (next.done) controller.close();
+        else controller.enqueue(next.value);
+      },
+      cancel: (reason) => reader.cancel(reason),
+    }, { highWaterMark: 0 });
+    const gzipped = !first.done && detectCompression(first.value) === "gzip";
+    const tarStream = gzipped
+      ? raw.pipeThrough<Uint8Array>(new DecompressionStream("gzip") as ReadableWritablePair<Uint8Array, Uint8Array>)
+      : raw;
+    const tarReader = tarStream.getReader();
+    const onAbortTar = () => tarReader.cancel(signal.reason).catch(() => {});
+    signal.addEventListener("abort", onAbortTar, { once: true });
+    for (;;) {
+      let next;
+      try {
+        next = await tarReader.read();
+      } catch (err) {
+        if (signal.aborted) return total;
+        throw gzipped ? new ImageImportError("image archive is not a valid gzip stream", { cause: err }) : err;
+      }
+      if (next.done || signal.aborted) break;
+      total += next.value.length;
+      if (total > maxBytes) throw new ImageTooLargeError(maxBytes);
+      const buffer = Buffer.from(next.value.buffer, next.value.byteOffset, next.value.byteLength);
+      if (!extract.write(buffer)) await writable(extract);
+    }
+    if (!signal.aborted) extract.end(undefined);
+    return total;
+  } catch (err) {
+    extract.destroy(err as Error);
+    throw err;
+  } finally {
+    signal.removeEventListener("abort", onAbort);
+  }
+}
+
+/** Resolves once the parser wants more input (or is gone). */
+function writable(extract: tar.Extract): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      extract.off("drain", done);
+      extract.off("close", done);
+      resolve();
+    };
+    extract.on("drain", done);
+    extract.on("close", done);
+  });
+}
+
+async function readSmall(it: AsyncIterator<Uint8Array>, name: string): Promise<Uint8Array> {
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  for (;;) {
+    const next = await it.next();
+    if (next.done) break;
+    size += next.value.length;
+    if (size > MAX_JSON_BYTES) throw new ImageImportError(`${name} is larger than ${MAX_JSON_BYTES} bytes`);
+    chunks.push(next.value);
+  }
+  return concat(chunks, size);
+}
+
+function looksLikeJson(head: Uint8Array): boolean {
+  return head[0] === 0x7b; // "{"
+}
+
+function concat(chunks: Uint8Array[], size: number): Uint8Array {
+  const out = new Uint8Array(size);
+  let at = 0;
+  for (const c of chunks) {
+    out.set(c, at);
+    at += c.length;
+  }
+  return out;
+}
+
+/** Turns parser failures into user-facing errors; ours and containerd's pass through. */
+function classify(err: unknown): unknown {
+  if (err instanceof ImageImportError || err instanceof ContainerdError) return err;
+  const message = err instanceof Error ? err.message : String(err);
+  if (/unexpected end/i.test(message)) {
+    return new ImageImportError("image archive is truncated (unexpected end of data)", { cause: err });
+  }
+  return new ImageImportError(`image archive is not a valid tar file: ${message}`, { cause: err });
+}

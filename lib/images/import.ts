@@ -1,0 +1,194 @@
+/**
+ * Streaming image import: a `docker save` / `podman save` tarball (docker-archive or OCI layout, layers plain or
+ * compressed, the whole archive optionally gzipped) goes straight from the request body into containerd's content
+ * store, becomes the function's image record, and is unpacked into committed overlayfs snapshots.
+ *
+ * Everything is written under one lease, labelled so that faasd can find it after a crash (and set to expire in an
+ * hour regardless). On success the image record, with GC labels down to the top snapshot, holds what the image needs
+ * and the lease is deleted; on failure the lease is deleted with a synchronous GC, so nothing the import wrote stays.
+ *
+ * @module
+ */
+
+import { type Containerd, ContainerdError, isAlreadyExists, isNotFound } from "../containerd/client.ts";
+import { assertValidName } from "../names.ts";
+import { ingestArchive } from "./archive.ts";
+import { ImageImportError } from "./errors.ts";
+import { type ProcessConfig, resolveImage } from "./manifest.ts";
+import { unpackLayers } from "./unpack.ts";
+
+export { ImageImportError, type ImageImportErrorKind, ImageTooLargeError } from "./errors.ts";
+export type { ProcessConfig } from "./manifest.ts";
+
+/** Label on everything faasd creates in containerd. */
+export const LABEL_MANAGED = "faasd.managed";
+/** Label naming the function an image record or import lease belongs to. */
+export const LABEL_FUNCTION = "faasd.function";
+/** Label telling what a lease of faasd is for; `import` for an import's lease. */
+export const LABEL_LEASE = "faasd.lease";
+/** Label on the image record: the reference the tarball gave the image. */
+export const LABEL_IMAGE_REF = "faasd.image-ref";
+/** containerd filter selecting import leases (for reaping the leftovers of a crash). */
+export const IMPORT_LEASE_FILTER = `labels."${LABEL_LEASE}"==import`;
+
+/** An import lease expires by itself after this long, should faasd die holding it. */
+const LEASE_EXPIRY_SECONDS = 3600;
+const DEFAULT_MAX_ENTRIES = 10_000;
+
+/** Options of {@linkcode importImage}. */
+export interface ImportOptions {
+  /** The function's name; the image record is named after it (see {@linkcode containerdImageName}). */
+  name: string;
+  /** Limit of the tarball's size in bytes (of the tar stream, after undoing a whole-archive gzip). */
+  maxBytes: number;
+  /** The snapshotter to unpack into. */
+  snapshotter?: string;
+  /** Extra labels of the image record. */
+  labels?: Record<string, string>;
+  /** Limit of the number of archive entries (default 10 000). */
+  maxEntries?: number;
+}
+
+/** What an import left in containerd. */
+export interface ImportedImage {
+  /** The reference the tarball gave the image (docker `RepoTags[0]`, OCI ref name), else the function name. */
+  imageRef: string;
+  /** The containerd image record faasd keeps for the function, e.g. `faasd.local/functions/hello:latest`. */
+  containerdName: string;
+  manifestDigest: string;
+  configDigest: string;
+  /** The top committed snapshot of the unpacked image: prepare each container's snapshot on it. */
+  chainId: string;
+  /** What the container's process needs from the image config. */
+  config: ProcessConfig;
+}
+
+/** The containerd image record name of function `name`: one per function, so functions never share a record. */
+export function containerdImageName(name: string): string {
+  return `faasd.local/functions/${name}:latest`;
+}
+
+/**
+ * Imports an image tarball streamed in `body` as function `options.name`'s image, replacing its previous one (whose
+ * content and snapshots become garbage unless shared).
+ *
+ * @throws {TypeError} for an invalid function name; {@linkcode RangeError} for a non-positive `maxBytes`.
+ * @throws {ImageTooLargeError} (`kind: "too-large"`) when the tarball exceeds `maxBytes`.
+ * @throws {ImageImportError} `kind: "invalid"` for anything that is not a complete, safe image archive;
+ *   `kind: "internal"` when containerd fails. Either way nothing written is left behind.
+ */
+export async function importImage(
+  client: Containerd,
+  body: ReadableStream<Uint8Array>,
+  options: ImportOptions,
+): Promise<ImportedImage> {
+  const name = assertValidName(options.name);
+  if (!(options.maxBytes > 0)) throw new RangeError("importImage: maxBytes must be positive");
+  const snapshotter = options.snapshotter ?? "overlayfs";
+  const id = randomHex(6);
+  const refPrefix = `faasd-import-${id}`;
+  let lease: string;
+  try {
+    lease = await client.createLease({
+      id: `faasd-import-${name}-${id}`,
+      labels: { [LABEL_MANAGED]: "true", [LABEL_LEASE]: "import", [LABEL_FUNCTION]: name },
+      expireAfterSeconds: LEASE_EXPIRY_SECONDS,
+    });
+  } catch (err) {
+    await body.cancel().catch(() => {});
+    throw toImportError(err);
+  }
+  try {
+    const contents = await ingestArchive(client, body, {
+      lease,
+      refPrefix,
+      maxBytes: options.maxBytes,
+      maxEntries: options.maxEntries ?? DEFAULT_MAX_ENTRIES,
+    });
+    const image = await resolveImage(client, contents, {
+      lease,
+      ref: `${refPrefix}-manifest`,
+      labels: { [LABEL_MANAGED]: "true" },
+    });
+    const chainId = await unpackLayers(client, image.layers, image.diffIds, {
+      snapshotter,
+      lease,
+      keyPrefix: `faasd-extract-${id}`,
+      labels: { [LABEL_MANAGED]: "true" },
+    });
+    // The config's snapshot reference is what keeps the unpacked snapshots once the lease is gone.
+    await client.updateContentLabels(image.config.digest, {
+      [`containerd.io/gc.ref.snapshot.${snapshotter}`]: chainId,
+    });
+    for (const [i, layer] of image.layers.entries()) {
+      await client.updateContentLabels(layer.digest, { "containerd.io/uncompressed": image.diffIds[i]! });
+    }
+    const imageRef = image.imageRef ?? name;
+    const record = {
+      name: containerdImageName(name),
+      target: image.manifest,
+      labels: { ...options.labels, [LABEL_MANAGED]: "true", [LABEL_FUNCTION]: name, [LABEL_IMAGE_REF]: imageRef },
+    };
+    try {
+      await client.createImage(record);
+    } catch (err) {
+      if (!isAlreadyExists(err)) throw err;
+      await client.updateImage(record);
+    }
+    // Best effort: the image record holds everything now, and a lease left behind expires by itself.
+    await client.deleteLease(lease, { sync: true }).catch(() => {});
+    return {
+      imageRef,
+      containerdName: record.name,
+      manifestDigest: image.manifest.digest,
+      configDigest: image.config.digest,
+      chainId,
+      config: image.process,
+    };
+  } catch (err) {
+    await body.cancel().catch(() => {});
+    await discard(client, lease, refPrefix);
+    throw toImportError(err);
+  }
+}
+
+/**
+ * Deletes a function's image record, with a synchronous GC so that its content and snapshots are gone unless shared.
+ *
+ * @returns whether there was such a record.
+ * @throws {ContainerdError} when containerd fails.
+ */
+export async function removeImage(client: Containerd, containerdName: string): Promise<boolean> {
+  try {
+    await client.deleteImage(containerdName, { sync: true });
+    return true;
+  } catch (err) {
+    if (isNotFound(err)) return false;
+    throw err;
+  }
+}
+
+/** Removes what a failed import wrote: its ingests, then (with a synchronous GC) everything its lease held. */
+async function discard(client: Containerd, lease: string, refPrefix: string): Promise<void> {
+  const ingests = await client.listIngests().catch(() => []);
+  for (const ingest of ingests) {
+    if (ingest.ref.startsWith(`${refPrefix}-`)) await client.abortIngest(ingest.ref).catch(() => {});
+  }
+  await client.deleteLease(lease, { sync: true }).catch(() => {});
+}
+
+function toImportError(err: unknown): ImageImportError {
+  if (err instanceof ImageImportError) return err;
+  if (err instanceof ContainerdError) {
+    return new ImageImportError(`containerd failed while importing the image: ${err.message}`, {
+      kind: "internal",
+      cause: err,
+    });
+  }
+  const message = err instanceof Error ? err.message : String(err);
+  return new ImageImportError(`image import failed: ${message}`, { kind: "internal", cause: err });
+}
+
+function randomHex(bytes: number): string {
+  return Array.from(crypto.getRandomValues(new Uint8Array(bytes)), (b) => b.toString(16).padStart(2, "0")).join("");
+}

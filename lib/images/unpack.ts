@@ -1,0 +1,81 @@
+/**
+ * Unpacks an image's layers into committed snapshots named by chain id, as containerd's own unpacker does, so that
+ * containers can be prepared on the top one. Layers whose chain snapshot exists already are reused.
+ *
+ * @module
+ */
+
+import { type Containerd, type Descriptor, isAlreadyExists, isUnavailable } from "../containerd/client.ts";
+import { chainIds } from "./digest.ts";
+import { ImageImportError } from "./errors.ts";
+
+/** Options of {@linkcode unpackLayers}. */
+export interface UnpackOptions {
+  snapshotter: string;
+  /** Lease holding every snapshot prepared or committed (and existing ones reused). */
+  lease: string;
+  /** Prefix of the temporary active snapshot keys, unique per import. */
+  keyPrefix: string;
+  /** Labels of the committed snapshots. */
+  labels?: Record<string, string>;
+}
+
+/**
+ * Applies `layers` one on another and returns the chain id of the top snapshot.
+ *
+ * @throws {ImageImportError} when an applied layer's uncompressed digest differs from its diff id, or containerd
+ *   cannot apply a layer (corrupt or unsupported compression).
+ * @throws {ContainerdError} when containerd fails otherwise. The active snapshot of the failing layer is removed;
+ *   committed ones stay in the lease.
+ */
+export async function unpackLayers(
+  client: Containerd,
+  layers: readonly Descriptor[],
+  diffIds: readonly string[],
+  options: UnpackOptions,
+): Promise<string> {
+  if (layers.length !== diffIds.length) throw new RangeError("unpackLayers: one diff id per layer needed");
+  const chain = chainIds(diffIds);
+  const { snapshotter, lease } = options;
+  const resource = (id: string) => ({ type: `snapshots/${snapshotter}`, id });
+  let parent = "";
+  for (const [i, layer] of layers.entries()) {
+    const name = chain[i]!;
+    if (await client.statSnapshot(snapshotter, name)) {
+      // Already unpacked (another function, an earlier deploy): hold it until the image references it.
+      await client.addLeaseResource(lease, resource(name));
+      parent = name;
+      continue;
+    }
+    const key = `${options.keyPrefix}-${i}-${name}`;
+    const mounts = await client.prepareSnapshot(snapshotter, key, parent, { lease });
+    try {
+      let applied: Descriptor;
+      try {
+        applied = await client.applyDiff(layer, mounts, { lease });
+      } catch (err) {
+        if (isUnavailable(err)) throw err;
+        throw new ImageImportError(`layer ${i + 1} (${layer.digest}) could not be unpacked: ${errorText(err)}`, {
+          cause: err,
+        });
+      }
+      if (applied.digest !== diffIds[i]) {
+        throw new ImageImportError(
+          `layer ${i + 1} unpacks to ${applied.digest}, but the image config says ${diffIds[i]}`,
+        );
+      }
+      await client.commitSnapshot(snapshotter, name, key, { lease, labels: options.labels });
+    } catch (err) {
+      await client.removeSnapshot(snapshotter, key).catch(() => {});
+      // A concurrent import of the same layers committed first: use theirs.
+      if (!isAlreadyExists(err)) throw err;
+      await client.addLeaseResource(lease, resource(name));
+    }
+    parent = name;
+  }
+  return parent;
+}
+
+function errorText(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}

@@ -1,0 +1,406 @@
+/**
+ * Image import against a real containerd: podman-built tarballs in both layouts, hand-assembled variants (gzip
+ * layers, gzipped archive) and broken ones, each of which must fail clearly and leave nothing behind.
+ */
+
+import tar from "tar-stream";
+import { assert, assertEquals, assertMatch, assertRejects } from "./assert.ts";
+import { startContainerd, testNamespace } from "./harness/containerd.ts";
+import { buildHandlerImage, buildPaddedImage } from "./harness/images.ts";
+import type { Containerd } from "../lib/containerd/client.ts";
+import {
+  containerdImageName,
+  ImageImportError,
+  ImageTooLargeError,
+  importImage,
+  LABEL_FUNCTION,
+  removeImage,
+} from "../lib/images/import.ts";
+import { chainIds, sha256Digest } from "../lib/images/digest.ts";
+
+const ctd = await startContainerd();
+const MAX = 1 << 30;
+
+// --- tarball helpers ---
+
+interface TarFile {
+  header: tar.Header;
+  data: Uint8Array;
+}
+
+async function readTar(bytes: Uint8Array): Promise<TarFile[]> {
+  const extract = tar.extract();
+  const files: TarFile[] = [];
+  const done = (async () => {
+    for await (const entry of extract) {
+      const parts: Uint8Array[] = [];
+      for await (const chunk of entry) parts.push(chunk as Uint8Array);
+      files.push({ header: entry.header, data: concat(parts) });
+    }
+  })();
+  extract.end(bytes);
+  await done;
+  return files;
+}
+
+async function packTar(files: TarFile[]): Promise<Uint8Array> {
+  const pack = tar.pack();
+  const out = (async () => {
+    const parts: Uint8Array[] = [];
+    for await (const chunk of pack) parts.push(chunk as Uint8Array);
+    return concat(parts);
+  })();
+  for (const f of files) {
+    await new Promise<void>((resolve, reject) => {
+      const { name, type, linkname, mode } = f.header;
+      const header = { name, type, linkname, mode, size: type === "file" ? f.data.length : 0 };
+      const done = (err?: Error | null) => err ? reject(err) : resolve();
+      if (type === "file") pack.entry(header, f.data, done);
+      else pack.entry(header, done).end(undefined);
+    });
+  }
+  pack.finalize();
+  return await out;
+}
+
+function concat(parts: Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
+}
+
+async function gzip(data: Uint8Array): Promise<Uint8Array> {
+  const stream = new Blob([data as BlobPart]).stream().pipeThrough(new CompressionStream("gzip"));
+  return new Uint8Array(await new Response(stream).arrayBuffer());
+}
+
+/** A body delivering `data` in small chunks, as an upload does. */
+function body(data: Uint8Array, chunk = 16 * 1024): ReadableStream<Uint8Array> {
+  let at = 0;
+  return new ReadableStream({
+    pull(controller) {
+      if (at >= data.length) return controller.close();
+      controller.enqueue(data.slice(at, at + chunk));
+      at += chunk;
+    },
+  });
+}
+
+function file(name: string, data: Uint8Array | string): TarFile {
+  const bytes = typeof data === "string" ? new TextEncoder().encode(data) : data;
+  return { header: { name, type: "file", mode: 0o644 } as tar.Header, data: bytes };
+}
+
+const text = (t: TarFile) => new TextDecoder().decode(t.data);
+
+/** The podman docker-archive of the test handler image, as entries. */
+async function dockerArchive(mode = "hello"): Promise<TarFile[]> {
+  return await readTar(await Deno.readFile(await buildHandlerImage(mode)));
+}
+
+function manifestOf(files: TarFile[]): { Config: string; Layers: string[]; RepoTags?: string[] }[] {
+  return JSON.parse(text(files.find((f) => f.header.name === "manifest.json")!));
+}
+
+function replaceManifest(files: TarFile[], manifest: unknown): TarFile[] {
+  return [...files.filter((f) => f.header.name !== "manifest.json"), file("manifest.json", JSON.stringify(manifest))];
+}
+
+// --- containerd state helpers ---
+
+/** Everything of the namespace an import could leave behind. */
+async function leftovers(c: Containerd) {
+  return {
+    images: (await c.listImages()).map((i) => i.name),
+    leases: (await c.listLeases()).map((l) => l.id),
+    ingests: (await c.listIngests()).map((i) => i.ref),
+    content: (await c.listContent()).map((i) => i.digest),
+    snapshots: (await c.listSnapshots("overlayfs")).map((s) => s.name),
+  };
+}
+
+const NOTHING = { images: [], leases: [], ingests: [], content: [], snapshots: [] };
+
+async function withClient(fn: (c: Containerd) => Promise<void>): Promise<void> {
+  using c = ctd.client(testNamespace());
+  try {
+    await fn(c);
+  } finally {
+    for (const image of await c.listImages()) await removeImage(c, image.name);
+  }
+}
+
+/** Asserts the imported image is in containerd: record, labelled blobs, committed snapshot chain. */
+async function assertImported(
+  c: Containerd,
+  imported: Awaited<ReturnType<typeof importImage>>,
+  name: string,
+  layerCount: number,
+) {
+  assertEquals(imported.containerdName, containerdImageName(name));
+  const record = await c.getImage(imported.containerdName);
+  assert(record, "image record exists");
+  assertEquals(record.target.digest, imported.manifestDigest);
+  assertEquals(record.labels[LABEL_FUNCTION], name);
+  const config = await c.contentInfo(imported.configDigest);
+  assertEquals(config?.labels["containerd.io/gc.ref.snapshot.overlayfs"], imported.chainId);
+  const manifest = await c.contentInfo(imported.manifestDigest);
+  assertEquals(manifest?.labels["containerd.io/gc.ref.content.config"], imported.configDigest);
+  // Walk the chain from the top: every snapshot committed, `layerCount` deep.
+  let depth = 0;
+  for (let key = imported.chainId; key; depth++) {
+    const info = await c.statSnapshot("overlayfs", key);
+    assertEquals(info?.kind, "committed");
+    key = info!.parent;
+  }
+  assertEquals(depth, layerCount);
+  assertEquals(await c.listLeases(), [], "the import lease is gone");
+  assertEquals(await c.listIngests(), []);
+}
+
+// --- imports that work ---
+
+Deno.test("importImage() imports a podman docker-archive", async () => {
+  await withClient(async (c) => {
+    const tarball = await buildHandlerImage("hello");
+    const imported = await importImage(c, (await Deno.open(tarball)).readable, { name: "hello", maxBytes: MAX });
+    await assertImported(c, imported, "hello", 1);
+    assertMatch(imported.imageRef, /^localhost\/faasd-test-hello:/);
+    assertEquals(imported.config.entrypoint, ["/handler"]);
+    assertEquals(imported.config.cmd, ["hello"]);
+    assertEquals((await c.getImage(imported.containerdName))?.target.mediaType, DOCKER_MANIFEST);
+  });
+});
+
+const DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json";
+
+Deno.test("importImage() imports a podman oci-archive", async () => {
+  await withClient(async (c) => {
+    const tarball = await buildHandlerImage("echo-env", {
+      format: "oci-archive",
+      env: { GREETING: "hi" },
+      workdir: "/srv",
+    });
+    const imported = await importImage(c, (await Deno.open(tarball)).readable, { name: "oci", maxBytes: MAX });
+    await assertImported(c, imported, "oci", 1);
+    assertMatch(imported.imageRef, /^localhost\/faasd-test-echo-env:/);
+    assert(imported.config.env.includes("GREETING=hi"));
+    assertEquals(imported.config.workingDir, "/srv");
+    assertEquals(
+      (await c.getImage(imported.containerdName))?.target.mediaType,
+      "application/vnd.oci.image.manifest.v1+json",
+    );
+  });
+});
+
+Deno.test("importImage() unpacks a multi-layer image into a snapshot chain named by chain ids", async () => {
+  await withClient(async (c) => {
+    const files = await readTar(await Deno.readFile(await buildPaddedImage(1)));
+    const config = JSON.parse(text(files.find((f) => f.header.name === manifestOf(files)[0]!.Config)!));
+    const imported = await importImage(c, body(await packTar(files)), { name: "padded", maxBytes: MAX });
+    await assertImported(c, imported, "padded", 2);
+    assertEquals(imported.chainId, chainIds(config.rootfs.diff_ids).at(-1));
+  });
+});
+
+Deno.test("importImage() accepts gzip-compressed layers in a gzipped archive", async () => {
+  await withClient(async (c) => {
+    const files = await dockerArchive();
+    const [entry] = manifestOf(files);
+    const layers: string[] = [];
+    const rewritten: TarFile[] = [];
+    for (const f of files) {
+      if (entry!.Layers.includes(f.header.name)) {
+        const name = `${f.header.name}.gz`;
+        rewritten.push(file(name, await gzip(f.data)));
+        layers.push(name);
+      } else if (f.header.type === "file") rewritten.push(f);
+    }
+    const archive = await gzip(await packTar(replaceManifest(rewritten, [{ ...entry, Layers: layers }])));
+    const imported = await importImage(c, body(archive), { name: "gzipped", maxBytes: MAX });
+    await assertImported(c, imported, "gzipped", 1);
+    const manifest = JSON.parse(new TextDecoder().decode(await c.readBlob(imported.manifestDigest)));
+    assertEquals(manifest.layers[0].mediaType, "application/vnd.docker.image.rootfs.diff.tar.gzip");
+  });
+});
+
+Deno.test("importImage() of a redeployed function replaces its image; the old one is collected", async () => {
+  await withClient(async (c) => {
+    const first = await importImage(c, (await Deno.open(await buildHandlerImage("hello"))).readable, {
+      name: "fn",
+      maxBytes: MAX,
+    });
+    const second = await importImage(c, (await Deno.open(await buildHandlerImage("echo"))).readable, {
+      name: "fn",
+      maxBytes: MAX,
+    });
+    assert(first.configDigest !== second.configDigest);
+    assertEquals((await c.listImages()).map((i) => [i.name, i.target.digest]), [
+      [containerdImageName("fn"), second.manifestDigest],
+    ]);
+    assertEquals(await c.contentInfo(first.configDigest), null, "old config collected");
+    assertEquals(await c.contentInfo(first.manifestDigest), null, "old manifest collected");
+    // What is left is exactly the new image: its manifest, config and layer, its one snapshot.
+    const left = await leftovers(c);
+    assertEquals(left.snapshots, [second.chainId]);
+    assertEquals(left.content.length, 3);
+    assert(left.content.includes(second.manifestDigest) && left.content.includes(second.configDigest));
+  });
+});
+
+Deno.test("importImage() gives two functions with the same tarball separate image records", async () => {
+  await withClient(async (c) => {
+    const tarball = await buildHandlerImage("hello");
+    const a = await importImage(c, (await Deno.open(tarball)).readable, { name: "a", maxBytes: MAX });
+    const b = await importImage(c, (await Deno.open(tarball)).readable, { name: "b", maxBytes: MAX });
+    assertEquals((await c.listImages()).map((i) => i.name).sort(), [
+      containerdImageName("a"),
+      containerdImageName("b"),
+    ]);
+    assert(await removeImage(c, a.containerdName));
+    // b still holds everything.
+    assert(await c.contentInfo(b.configDigest));
+    assert(await c.statSnapshot("overlayfs", b.chainId));
+  });
+});
+
+Deno.test("removeImage() deletes the record, and its content and snapshots go with it", async () => {
+  using c = ctd.client(testNamespace());
+  const imported = await importImage(c, (await Deno.open(await buildHandlerImage("hello"))).readable, {
+    name: "gone",
+    maxBytes: MAX,
+  });
+  assertEquals(await removeImage(c, imported.containerdName), true);
+  assertEquals(await leftovers(c), NOTHING);
+  assertEquals(await removeImage(c, imported.containerdName), false);
+});
+
+Deno.test("importImage() keeps working after containerd restarts", async () => {
+  if (ctd.external) return;
+  await withClient(async (c) => {
+    await c.version();
+    await ctd.restart();
+    const imported = await importImage(c, (await Deno.open(await buildHandlerImage("hello"))).readable, {
+      name: "restarted",
+      maxBytes: MAX,
+    });
+    await assertImported(c, imported, "restarted", 1);
+  });
+});
+
+// --- imports that must fail, leaving nothing ---
+
+async function assertFails(
+  archive: Uint8Array | Promise<Uint8Array>,
+  message: RegExp,
+  options: { maxBytes?: number; maxEntries?: number; cls?: Parameters<typeof assertRejects>[1] } = {},
+): Promise<void> {
+  const bytes = await archive;
+  using c = ctd.client(testNamespace());
+  const err = await assertRejects(
+    () =>
+      importImage(c, body(bytes), {
+        name: "bad",
+        maxBytes: options.maxBytes ?? MAX,
+        maxEntries: options.maxEntries,
+      }),
+    options.cls ?? ImageImportError,
+  ) as ImageImportError;
+  assertMatch(err.message, message);
+  assertEquals(await leftovers(c), NOTHING);
+}
+
+Deno.test("importImage() rejects random bytes", async () => {
+  const junk = new Uint8Array(64 * 1024);
+  crypto.getRandomValues(junk);
+  await assertFails(junk, /not a valid tar file/);
+});
+
+Deno.test("importImage() rejects a truncated tarball, aborting the blob it was writing", async () => {
+  const tarball = await Deno.readFile(await buildPaddedImage(1));
+  // Cut inside the padding layer, the biggest entry.
+  await assertFails(tarball.slice(0, Math.floor(tarball.length * 0.7)), /truncated/);
+});
+
+Deno.test("importImage() rejects an entry that climbs out with ../", async () => {
+  const files = await dockerArchive();
+  await assertFails(packTar([...files, file("../escape", "x")]), /outside the archive/);
+});
+
+Deno.test("importImage() rejects an entry with an absolute path", async () => {
+  const files = await dockerArchive();
+  // tar-stream's pack strips nothing, so the name reaches the parser as written.
+  await assertFails(packTar([file("/etc/evil", "x"), ...files]), /absolute path/);
+});
+
+Deno.test("importImage() rejects a layer that is a symlink", async () => {
+  const files = await dockerArchive();
+  // podman's archive carries a legacy `<id>/layer.tar` symlink to the real layer: name it as the layer.
+  const link = files.find((f) => f.header.type === "symlink")!;
+  const [entry] = manifestOf(files);
+  await assertFails(
+    packTar(replaceManifest(files, [{ ...entry, Layers: [link.header.name] }])),
+    /is a symlink entry, not a regular file/,
+  );
+});
+
+Deno.test("importImage() rejects a manifest.json that is a symlink", async () => {
+  const files = (await dockerArchive()).filter((f) => f.header.name !== "manifest.json");
+  const link = {
+    header: { name: "manifest.json", type: "symlink", linkname: "/etc/passwd" } as tar.Header,
+    data: new Uint8Array(),
+  };
+  await assertFails(packTar([...files, link]), /manifest.json is a symlink entry/);
+});
+
+Deno.test("importImage() rejects an oversized body with ImageTooLargeError", async () => {
+  const tarball = await Deno.readFile(await buildHandlerImage("hello"));
+  await assertFails(tarball, /larger than the limit of 100000 bytes/, { maxBytes: 100_000, cls: ImageTooLargeError });
+});
+
+Deno.test("importImage() rejects an archive without manifest", async () => {
+  const files = await dockerArchive();
+  await assertFails(
+    packTar(files.filter((f) => f.header.name !== "manifest.json")),
+    /neither manifest.json .* nor index.json/,
+  );
+});
+
+Deno.test("importImage() rejects a manifest naming a missing layer", async () => {
+  const files = await dockerArchive();
+  const [entry] = manifestOf(files);
+  await assertFails(
+    packTar(replaceManifest(files, [{ ...entry, Layers: ["nope.tar"] }])),
+    /layer 1 "nope.tar" is missing from the archive/,
+  );
+});
+
+Deno.test("importImage() rejects a layer whose content differs from the config's diff id", async () => {
+  const files = await dockerArchive();
+  const [entry] = manifestOf(files);
+  const configFile = files.find((f) => f.header.name === entry!.Config)!;
+  const config = JSON.parse(text(configFile));
+  config.rootfs.diff_ids[0] = sha256Digest("something else");
+  const rewritten = files.map((f) => f === configFile ? file(f.header.name, JSON.stringify(config)) : f);
+  await assertFails(packTar(rewritten), /layer 1 unpacks to sha256:[0-9a-f]+, but the image config says/);
+});
+
+Deno.test("importImage() rejects an OCI blob whose content does not match its name", async () => {
+  const files = await readTar(await Deno.readFile(await buildHandlerImage("hello", { format: "oci-archive" })));
+  const victim = files.find((f) => f.header.name.startsWith("blobs/sha256/") && f.data.length > 1000)!;
+  const tampered = files.map((f) => f === victim ? file(f.header.name, f.data.slice(1)) : f);
+  await assertFails(packTar(tampered), /does not match its name's digest or size/);
+});
+
+Deno.test("importImage() rejects an archive with too many entries", async () => {
+  const files = await dockerArchive();
+  await assertFails(packTar(files), /more than 3 entries/, { maxEntries: 3 });
+});
+
+Deno.test("stop the private containerd", async () => {
+  await ctd.stop();
+});
