@@ -16,7 +16,11 @@ export function containerdImageStore(
 ): ImageStore {
   return {
     import: async (name, body) => {
-      const image = await importImage(containerd, body, { name, maxBytes: opts.maxBytes, snapshotter: opts.snapshotter });
+      const image = await importImage(containerd, body, {
+        name,
+        maxBytes: opts.maxBytes,
+        snapshotter: opts.snapshotter,
+      });
       return {
         imageRef: image.imageRef,
         containerdName: image.containerdName,
