@@ -151,13 +151,16 @@ export class Server {
     c.handoff(conn.fd);
 
     const left = Math.max(0, requestTimeoutMs - (performance.now() - started));
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const timedOut = new Promise<"timeout">((resolve) => timer = setTimeout(() => resolve("timeout"), left));
-    const aborted = new Promise<"timeout">((resolve) =>
-      this.#shutdown.signal.addEventListener("abort", () => resolve("timeout"), { once: true })
-    );
+    // Ends early on the request timeout or on shutdown; the listener is removed so finished requests leave none.
+    const stop = Promise.withResolvers<"timeout">();
+    const timer = setTimeout(() => stop.resolve("timeout"), left);
+    const onShutdown = () => stop.resolve("timeout");
+    this.#shutdown.signal.addEventListener("abort", onShutdown, { once: true });
     const exited = c.exited.then(() => "exited" as const, () => "exited" as const);
-    const end = await Promise.race([exited, timedOut, aborted]).finally(() => clearTimeout(timer));
+    const end = await Promise.race([exited, stop.promise]).finally(() => {
+      clearTimeout(timer);
+      this.#shutdown.signal.removeEventListener("abort", onShutdown);
+    });
     if (end === "timeout") {
       await c.kill();
       await exited;

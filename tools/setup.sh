@@ -24,4 +24,4 @@ if [[ "$(.tools/node_modules/.bin/deno --version 2>/dev/null | head -1)" != "den
   npm install --prefix .tools --no-audit --no-fund --loglevel=error "deno@$DENO_VERSION" >/dev/null
 fi
 export PATH="$PWD/.tools/node_modules/.bin:$PATH"
-deno task gen >/dev/null
+deno task -q gen >/dev/null 2>&1 || deno task gen
