@@ -124,8 +124,8 @@ export class Server {
       console.error(`faasd: ${name}: ${(e as Error).message}`);
       if (conn.bytesSent() === 0n) answer(conn, 502, `function ${name} could not be started`);
     } finally {
-      await this.#closeClient(conn);
-      await container?.remove();
+      // The client's close may linger; the container's removal need not wait for it.
+      await Promise.all([this.#closeClient(conn), container?.remove()]);
       this.#inflight.set(name, this.#inflight.get(name)! - 1);
       metrics.inflight.add({ function: name }, -1);
       metrics.requests.inc({ function: name, outcome });

@@ -61,6 +61,17 @@ Deno.test("faas drives a running faasd end to end", async (t) => {
     }
   });
 
+  await t.step("new shows upload progress on a terminal", async () => {
+    // `script` gives the CLI a pseudo-terminal, as a user's shell would.
+    const cmd = `${Deno.execPath()} run -A ${CLI} --url ${d.url} new --tar ${tarball} --name progress`;
+    const out = await new Deno.Command("script", { args: ["-qec", cmd, "/dev/null"], stdout: "piped" }).output();
+    const text = new TextDecoder().decode(out.stdout);
+    assertEquals(out.code, 0, text);
+    assertMatch(text, /uploading [\d.]+ (KiB|MiB) \(100%\)/);
+    assertStringIncludes(text, `${base}12`);
+    assertEquals((await faas(d.url, ["delete", "progress"])).code, 0);
+  });
+
   await t.step("ip, list and list --json show the functions", async () => {
     assertEquals((await faas(d.url, ["ip", "cli-hello"])).stdout, `${base}11\n`);
     const table = (await faas(d.url, ["list"])).stdout.trim().split("\n");
