@@ -27,7 +27,8 @@ async function main(): Promise<void> {
   for (const signal of ["SIGTERM", "SIGINT"] as const) Deno.addSignalListener(signal, () => stopped.resolve(signal));
   const signal = await stopped.promise;
   log(`${signal}: stopping; waiting up to ${config.shutdownGraceMs} ms for ${platform.server.inflight} request(s)`);
-  await http.shutdown();
+  // Serving drains (and `logs -f` answers end) while the control API finishes what it is answering.
+  await Promise.all([platform.drain(), http.shutdown()]);
   await platform.close();
   log("stopped");
 }

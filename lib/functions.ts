@@ -47,6 +47,8 @@ export interface FunctionsDeps {
   images: ImageStore;
   serving: Serving;
   addresses: Addresses;
+  /** Called after a function was deleted, to drop what else it had (its logs). */
+  onDeleted?: (name: string) => Promise<void>;
 }
 
 /** The deployed functions. */
@@ -106,26 +108,31 @@ export class Functions {
         throw e;
       }
       const { record, created } = deployed;
-      if (!created) {
-        serving.serve(record);
-        return deployed;
-      }
       let added = false;
       try {
         added = await addresses.ensure(record.ip);
         serving.serve(record);
       } catch (e) {
-        registry.remove(name);
+        // Undo: the function is as it was before (or gone again), its new image too.
+        if (before) registry.restore(before);
+        else registry.remove(name);
         if (added) await addresses.release(record.ip).catch(() => {});
-        await images.remove(name, image).catch(() => {});
+        if (before?.image?.containerdName !== image.containerdName) await images.remove(name, image).catch(() => {});
         throw e;
+      }
+      // The registry points at the new image now; requests in flight keep the old snapshots they were prepared on.
+      if (before?.image && before.image.containerdName !== image.containerdName) {
+        await images.remove(name, before.image).catch((e) =>
+          console.error(`faasd: removing ${name}'s previous image: ${(e as Error).message}`)
+        );
       }
       return deployed;
     });
   }
 
   /**
-   * Stops serving `name`, frees its address and removes its image.
+   * Stops serving `name`, removes its image, frees its address. When the image cannot be removed the function is
+   * served again and the error thrown, so that a delete either happens or can be retried.
    *
    * @throws {FunctionNotFoundError} when it is not deployed.
    */
@@ -135,9 +142,17 @@ export class Functions {
       const record = registry.get(name);
       if (!record) throw new FunctionNotFoundError(name);
       serving.stop(name);
+      try {
+        if (record.image) await images.remove(name, record.image);
+      } catch (e) {
+        if (record.status === "active") serving.serve(record);
+        throw e;
+      }
       registry.remove(name);
-      await addresses.release(record.ip);
-      if (record.image) await images.remove(name, record.image);
+      await addresses.release(record.ip).catch((e) =>
+        console.error(`faasd: releasing ${record.ip} of ${name}: ${(e as Error).message}`)
+      );
+      await this.#deps.onDeleted?.(name).catch(() => {});
       return record;
     });
   }

@@ -6,7 +6,7 @@
  */
 
 import type { Containerd } from "./containerd/client.ts";
-import { importImage, removeImage } from "./images/import.ts";
+import { IMPORT_LEASE_FILTER, importImage, LABEL_FUNCTION, removeImage } from "./images/import.ts";
 import type { ImageStore } from "./functions.ts";
 
 /** Builds the containerd-backed {@linkcode ImageStore}. */
@@ -33,4 +33,24 @@ export function containerdImageStore(
       await removeImage(containerd, image.containerdName);
     },
   };
+}
+
+/**
+ * Removes faasd's images that no function uses (`keep` lists those in use) and the leases of imports that never
+ * finished: what a faasd that died mid-deploy or mid-delete left behind.
+ *
+ * @returns how many images and leases were removed.
+ */
+export async function reapImages(containerd: Containerd, keep: readonly string[]): Promise<number> {
+  let reaped = 0;
+  for (const image of await containerd.listImages(`labels."${LABEL_FUNCTION}"`)) {
+    if (keep.includes(image.name)) continue;
+    await removeImage(containerd, image.name);
+    reaped++;
+  }
+  for (const lease of await containerd.listLeases(IMPORT_LEASE_FILTER)) {
+    await containerd.deleteLease(lease.id, { sync: true });
+    reaped++;
+  }
+  return reaped;
 }

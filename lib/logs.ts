@@ -25,7 +25,12 @@ async function size(path: string): Promise<number | null> {
 /** Rotates `path` to `path.1` once it holds more than half of `maxBytes`. */
 export async function rotateIfNeeded(path: string, maxBytes: number): Promise<void> {
   const current = await size(path);
-  if (current !== null && current > maxBytes / 2) await Deno.rename(path, `${path}.1`);
+  if (current === null || current <= maxBytes / 2) return;
+  try {
+    await Deno.rename(path, `${path}.1`);
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound)) throw e; // a concurrent request rotated it first
+  }
 }
 
 /** Removes a function's log files (on delete). */

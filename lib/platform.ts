@@ -10,7 +10,7 @@ import type { DaemonConfig } from "./config.ts";
 import { Registry } from "./registry.ts";
 import { Functions } from "./functions.ts";
 import { ensureAddress, ownAddresses, releaseAddress } from "./hostaddr.ts";
-import { containerdImageStore } from "./image_store.ts";
+import { containerdImageStore, reapImages } from "./image_store.ts";
 import { Metrics } from "./metrics.ts";
 import { Server } from "./serve.ts";
 import { reapLeftovers, socketDir } from "./spawn.ts";
@@ -27,7 +27,12 @@ export interface Platform {
   containerd: Containerd;
   server: Server;
   metrics: Metrics;
-  /** Stops serving: waits up to the grace period for requests in flight, then kills and cleans up. Idempotent. */
+  /**
+   * Stops serving: ends `logs -f` streams, stops accepting, waits up to the grace period for requests in flight, then
+   * kills and cleans up. Idempotent. The control API still answers meanwhile.
+   */
+  drain(): Promise<void>;
+  /** Drains, then closes the registry and the containerd connection. Idempotent. */
   close(): Promise<void>;
 }
 
@@ -101,31 +106,40 @@ export async function startPlatform(config: DaemonConfig, log: (message: string)
     const functions = new Functions({
       registry,
       pool: config.ipPool,
-      images: {
-        import: images.import,
-        remove: async (name, image) => {
-          await images.remove(name, image);
-          await removeLogs(logPath(stateDir, name));
-        },
-      },
+      images,
       serving: server,
       addresses: { ensure: ensureAddress, release: releaseAddress },
+      onDeleted: (name) => removeLogs(logPath(stateDir, name)),
     });
 
-    // Addresses faasd added for functions that are gone (deleted while faasd was down) are released.
+    // What a previous run left half-done: images of functions no longer registered, imports that died midway,
+    // addresses of this pool whose function is gone.
+    const kept = registry.list().flatMap((f) => f.image ? [f.image.containerdName] : []);
+    const reapedImages = await reapImages(containerd, kept);
+    if (reapedImages) log(`removed ${reapedImages} image(s) and import(s) left by a previous run`);
     const deployedIps = new Set(registry.list().map((f) => f.ip));
-    for (const ip of await ownAddresses()) if (!deployedIps.has(ip)) await releaseAddress(ip);
+    for (const ip of await ownAddresses()) {
+      if (config.ipPool.contains(ip) && !deployedIps.has(ip)) await releaseAddress(ip);
+    }
     const served = await functions.restore((record, e) => log(`cannot serve ${record.name}: ${(e as Error).message}`));
     if (served) log(`serving ${served} function(s) on port ${config.port}`);
 
+    const stopping = new AbortController();
     const api = createApi({
       functions,
       metrics,
       maxImageBytes: config.maxImageBytes,
       logPath: (name) => logPath(stateDir, name),
+      stopping: stopping.signal,
       probe: async () => ({ containerd: (await containerd.version()).version, functions: registry.list().length }),
     });
+    let draining: Promise<void> | null = null;
     let closing: Promise<void> | null = null;
+    const drain = () =>
+      draining ??= (async () => {
+        stopping.abort();
+        await server.close(config.shutdownGraceMs);
+      })();
     const p = poller;
     return {
       api: (req) => {
@@ -137,9 +151,10 @@ export async function startPlatform(config: DaemonConfig, log: (message: string)
       containerd,
       server,
       metrics,
+      drain,
       close: () =>
         closing ??= (async () => {
-          await server.close(config.shutdownGraceMs);
+          await drain();
           p.close();
           containerd.close();
           registry.close();

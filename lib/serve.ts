@@ -15,6 +15,9 @@ import type { Metrics } from "./metrics.ts";
 import type { FunctionRecord, Registry } from "./registry.ts";
 import { RequestContainer, type SpawnDeps } from "./spawn.ts";
 
+/** How long shutdown waits for the cleanup of killed requests. */
+const CLEANUP_AFTER_ABORT_MS = 15_000;
+
 /** Raised when a function's address cannot be listened on (taken, or not local); the API answers 409. */
 export class ListenError extends Error {
   constructor(message: string, options?: ErrorOptions) {
@@ -96,41 +99,53 @@ export class Server {
 
   #track(task: Promise<void>): void {
     this.#tasks.add(task);
-    task.finally(() => this.#tasks.delete(task));
+    // #handle answers its own failures; anything escaping it is a bug, logged rather than crashing the daemon.
+    task.catch((e) => console.error("faasd: internal error serving a connection:", e))
+      .finally(() => this.#tasks.delete(task));
   }
 
+  /** Serves one connection; the per-function limit counts running containers, not lingering client closes. */
   async #handle(name: string, conn: TcpConn): Promise<void> {
-    const { metrics } = this.#deps;
+    const { metrics, maxConcurrency } = this.#deps;
     const started = performance.now();
-    const count = (this.#inflight.get(name) ?? 0) + 1;
-    this.#inflight.set(name, count);
+    const running = this.#inflight.get(name) ?? 0;
+    if (running >= maxConcurrency || this.#shutdown.signal.aborted) {
+      answer(conn, 503, `function ${name} is at its limit of ${maxConcurrency} concurrent requests`);
+      metrics.requests.inc({ function: name, outcome: "overloaded" });
+      return await this.#closeClient(conn);
+    }
+    this.#inflight.set(name, running + 1);
     metrics.inflight.add({ function: name }, 1);
     let outcome: Outcome = "error";
     let container: RequestContainer | null = null;
+    const removed = Promise.withResolvers<void>();
+    const closed = this.#closeClientAfter(conn, removed.promise);
     try {
-      if (count > this.#deps.maxConcurrency) {
-        outcome = "overloaded";
-        answer(conn, 503, `function ${name} is at its limit of ${this.#deps.maxConcurrency} concurrent requests`);
-        return;
-      }
       const record = this.#deps.registry.get(name);
       if (!record?.image) {
         answer(conn, 503, `function ${name} has no image deployed`);
         return;
       }
-      container = await RequestContainer.start(this.#deps, record);
+      container = await RequestContainer.start(this.#deps, record, this.#shutdown.signal);
       ({ outcome } = await this.#run(container, conn, started));
     } catch (e) {
       console.error(`faasd: ${name}: ${(e as Error).message}`);
       if (conn.bytesSent() === 0n) answer(conn, 502, `function ${name} could not be started`);
     } finally {
-      // The client's close may linger; the container's removal need not wait for it.
-      await Promise.all([this.#closeClient(conn), container?.remove()]);
+      metrics.requestSeconds.observe({ function: name }, (performance.now() - started) / 1000);
+      metrics.requests.inc({ function: name, outcome });
+      removed.resolve();
+      await container?.remove();
       this.#inflight.set(name, this.#inflight.get(name)! - 1);
       metrics.inflight.add({ function: name }, -1);
-      metrics.requests.inc({ function: name, outcome });
-      metrics.requestSeconds.observe({ function: name }, (performance.now() - started) / 1000);
+      await closed;
     }
+  }
+
+  /** Closes the client once `ready` settles (the request is decided), alongside the container's removal. */
+  async #closeClientAfter(conn: TcpConn, ready: Promise<void>): Promise<void> {
+    await ready;
+    await this.#closeClient(conn);
   }
 
   /** Waits for the container's connection, hands the socket over, waits for the exit; answers failures itself. */
@@ -155,7 +170,8 @@ export class Server {
     const stop = Promise.withResolvers<"timeout">();
     const timer = setTimeout(() => stop.resolve("timeout"), left);
     const onShutdown = () => stop.resolve("timeout");
-    this.#shutdown.signal.addEventListener("abort", onShutdown, { once: true });
+    if (this.#shutdown.signal.aborted) onShutdown();
+    else this.#shutdown.signal.addEventListener("abort", onShutdown, { once: true });
     const exited = c.exited.then(() => "exited" as const, () => "exited" as const);
     const end = await Promise.race([exited, stop.promise]).finally(() => {
       clearTimeout(timer);
@@ -202,11 +218,15 @@ export class Server {
    */
   async close(graceMs: number): Promise<void> {
     this.#listeners.close();
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const grace = new Promise((resolve) => timer = setTimeout(resolve, graceMs));
-    await Promise.race([Promise.allSettled([...this.#tasks]), grace]);
-    clearTimeout(timer);
+    const within = (ms: number) => {
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const wait = new Promise((resolve) => timer = setTimeout(resolve, ms));
+      return Promise.race([Promise.allSettled([...this.#tasks]), wait]).finally(() => clearTimeout(timer));
+    };
+    await within(graceMs);
     this.#shutdown.abort();
-    await Promise.allSettled([...this.#tasks]);
+    // Killing and cleaning up takes a few containerd calls each; a containerd that does not answer cannot hold
+    // shutdown forever (what is left is reaped at the next start).
+    await within(CLEANUP_AFTER_ABORT_MS);
   }
 }

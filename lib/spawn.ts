@@ -37,6 +37,23 @@ export interface SpawnDeps {
   logMaxBytes: number;
 }
 
+/** How long a task's exit is waited for again while containerd is unreachable (restarting). */
+const WAIT_RECONNECT_MS = 60_000;
+
+async function answers(containerd: Containerd): Promise<boolean> {
+  try {
+    await containerd.version();
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Waits (polling) until containerd answers again or `deadline` passes. */
+async function untilContainerdAnswers(containerd: Containerd, deadline: number): Promise<void> {
+  while (Date.now() < deadline && !(await answers(containerd))) await new Promise((r) => setTimeout(r, 250));
+}
+
 /** Directory of the per-request control sockets. */
 export function socketDir(stateDir: string): string {
   return `${stateDir}/run`;
@@ -80,8 +97,9 @@ export class RequestContainer {
    * @throws {TypeError} when the function has no image or the image cannot be run (no command, named user).
    * @throws {ContainerdError} when containerd refuses a step.
    */
-  static async start(deps: SpawnDeps, fn: FunctionRecord): Promise<RequestContainer> {
+  static async start(deps: SpawnDeps, fn: FunctionRecord, signal?: AbortSignal): Promise<RequestContainer> {
     if (!fn.image) throw new TypeError(`function ${fn.name} has no image deployed`);
+    signal?.throwIfAborted();
     const id = newId();
     const listener = UnixListener.bind(`${socketDir(deps.stateDir)}/${id}.sock`);
     const c = new RequestContainer(deps, fn.name, id, listener);
@@ -122,9 +140,26 @@ export class RequestContainer {
     await rotateIfNeeded(log, this.#deps.logMaxBytes);
     await containerd.createTask({ containerId: this.id, rootfs, stdout: `file://${log}`, stderr: `file://${log}` });
     this.#taskCreated = true;
-    this.#exited = containerd.waitTask(this.id);
-    this.#exited.then(() => this.#hasExited = true, () => this.#hasExited = true);
+    this.#exited = this.#waitForExit();
+    this.#exited.then(() => this.#hasExited = true, () => {});
     await containerd.startTask(this.id);
+  }
+
+  /**
+   * Waits for the task's exit. A containerd restart breaks the wait without the task having exited (the shim keeps
+   * it running, and containerd finds it again), so an unavailable containerd means: reconnect and wait again.
+   */
+  async #waitForExit(): Promise<ExitStatus> {
+    const deadline = Date.now() + WAIT_RECONNECT_MS;
+    while (true) {
+      try {
+        return await this.#deps.containerd.waitTask(this.id);
+      } catch (e) {
+        if (isNotFound(e)) return { exitStatus: 255 }; // the task is gone: it exited, status unknown
+        if (Date.now() > deadline) throw e;
+        await untilContainerdAnswers(this.#deps.containerd, deadline);
+      }
+    }
   }
 
   /** Settles when the task has exited (rejects if waiting failed). */
@@ -141,6 +176,7 @@ export class RequestContainer {
    * Waits until the container connects to its control socket, exits, or `timeoutMs` passes.
    */
   async waitConnected(timeoutMs: number, signal?: AbortSignal): Promise<ConnectOutcome> {
+    signal?.throwIfAborted();
     const deadline = Date.now() + timeoutMs;
     const exited = this.exited.then(() => "exited" as const, () => "exited" as const);
     while (true) {
@@ -211,15 +247,27 @@ export class RequestContainer {
 
   async #remove(): Promise<void> {
     const { containerd, snapshotter } = this.#deps;
+    // Each step is retried while containerd is restarting; an error containerd itself gives is final.
+    const deadline = Date.now() + WAIT_RECONNECT_MS;
     const step = async (what: string, fn: () => Promise<unknown>) => {
-      try {
-        await fn();
-      } catch (e) {
-        if (!isNotFound(e)) console.error(`faasd: cleanup of ${this.id}: ${what}: ${(e as Error).message}`);
+      while (true) {
+        try {
+          return void await fn();
+        } catch (e) {
+          if (isNotFound(e)) return;
+          if (Date.now() < deadline && !(await answers(containerd))) {
+            await untilContainerdAnswers(containerd, deadline);
+            continue;
+          }
+          return console.error(`faasd: cleanup of ${this.id}: ${what}: ${(e as Error).message}`);
+        }
       }
     };
-    this.#control?.close();
-    this.#listener.close();
+    await step("close control socket", () => {
+      this.#control?.close();
+      this.#listener.close();
+      return Promise.resolve();
+    });
     if (this.#taskCreated) {
       if (!this.#hasExited) {
         await step("kill task", () => this.kill());

@@ -8,6 +8,7 @@ import { assert, assertEquals, assertMatch, assertStringIncludes } from "./asser
 import { startContainerd } from "./harness/containerd.ts";
 import { buildHandlerImage } from "./harness/images.ts";
 import { leftovers, NONE, startTestPlatform, type TestPlatform } from "./harness/platform.ts";
+import { importImage } from "../lib/images/import.ts";
 import tar from "tar-stream";
 
 async function fileBody(path: string): Promise<ReadableStream<Uint8Array>> {
@@ -79,7 +80,9 @@ Deno.test("POST /api/new deploys images and the API reports them", async (t) => 
 
   await t.step("containerd holds each function's image, unpacked, and nothing in progress", async () => {
     const images = (await p.client.listImages()).map((i) => i.name).sort();
-    assertEquals(images, ["faasd.local/functions/hello:latest", "faasd.local/functions/oci:latest"]);
+    const expected = p.platform.registry.list().map((f) => f.image!.containerdName).sort();
+    assertEquals(images, expected);
+    for (const name of images) assertMatch(name, /^faasd\.local\/functions\/(hello|oci):[0-9a-f]{16}$/);
     for (const f of p.platform.registry.list()) {
       assert(await p.client.statSnapshot("overlayfs", f.image!.chainId), `snapshot of ${f.name}`);
     }
@@ -92,6 +95,9 @@ Deno.test("POST /api/new deploys images and the API reports them", async (t) => 
     assertEquals(r.json.ip, `${base}10`);
     const list = await (await p.request("GET", "/api/list")).json();
     assertEquals(list.hello.image_ref, "localhost/oci-hello:1");
+    // The previous image is gone; each function has exactly its current one.
+    const images = (await p.client.listImages()).map((i) => i.name).sort();
+    assertEquals(images, p.platform.registry.list().map((f) => f.image!.containerdName).sort());
   });
 
   await t.step("GET /api/ip of an unknown name is a 404 with an error", async () => {
@@ -106,7 +112,9 @@ Deno.test("POST /api/new deploys images and the API reports them", async (t) => 
     assertEquals(await res.json(), { name: "oci", ip: `${base}11`, deleted: true });
     assertEquals((await p.request("GET", "/api/ip/oci")).status, 404);
     assertEquals((await p.request("DELETE", "/api/functions/oci")).status, 404);
-    assertEquals((await p.client.listImages()).map((i) => i.name), ["faasd.local/functions/hello:latest"]);
+    assertEquals((await p.client.listImages()).map((i) => i.name), [
+      p.platform.registry.get("hello")!.image!.containerdName,
+    ]);
     const again = await deploy(p, "again", await fileBody(dockerTar));
     assertEquals(again.json.ip, `${base}11`);
   });
@@ -124,6 +132,7 @@ Deno.test("POST /api/new refuses bad input with a clear error and leaves nothing
   await using ctd = await startContainerd();
   await using p = await startTestPlatform(ctd, { pool: "127.99.0.0/28", flags: ["--max-image-size", "4MiB"] });
   const good = await Deno.readFile(await buildHandlerImage("hello"));
+  const namedUser = await Deno.readFile(await buildHandlerImage("hello", { user: "app" }));
   await deploy(p, "existing", good);
   const before = await snapshotOfStore(p);
 
@@ -148,6 +157,7 @@ Deno.test("POST /api/new refuses bad input with a clear error and leaves nothing
       status: 400,
       error: "manifest",
     },
+    { what: "an image whose USER is a name", body: namedUser, status: 400, error: "not numeric" },
     { what: "a missing X-Image-Name header", name: "", body: good, status: 400, error: "X-Image-Name" },
     { what: "an invalid name", name: "Bad_Name", body: good, status: 400, error: "invalid function name" },
     { what: "an empty body", body: null, status: 400, error: "" },
@@ -181,11 +191,21 @@ Deno.test("POST /api/new refuses bad input with a clear error and leaves nothing
   });
 });
 
-Deno.test("the registry survives a restart of the platform", async () => {
+Deno.test("the registry survives a restart of the platform, which reaps orphaned images", async () => {
   await using ctd = await startContainerd();
   const p = await startTestPlatform(ctd);
-  const r = await deploy(p, "keep", await fileBody(await buildHandlerImage("hello")));
+  const tarball = await buildHandlerImage("hello");
+  const r = await deploy(p, "keep", await fileBody(tarball));
   await p.close({ keepState: true });
+  // As if a faasd died between importing an image and recording it.
+  const orphan = await importImage(p.client, await fileBody(await buildHandlerImage("noread")), {
+    name: "orphan",
+    maxBytes: 1 << 30,
+  });
+  assertEquals((await p.client.listImages()).length, 2);
   await using again = await startTestPlatform(ctd, { stateDir: p.stateDir, namespace: p.namespace, pool: p.pool });
   assertEquals(await (await again.request("GET", "/api/ip/keep")).json(), { name: "keep", ip: r.json.ip });
+  const images = (await again.client.listImages()).map((i) => i.name);
+  assertEquals(images, [again.platform.registry.get("keep")!.image!.containerdName]);
+  assertEquals(await again.client.contentInfo(orphan.manifestDigest), null);
 });

@@ -141,7 +141,7 @@ async function assertImported(
   name: string,
   layerCount: number,
 ) {
-  assertEquals(imported.containerdName, containerdImageName(name));
+  assertEquals(imported.containerdName, containerdImageName(name, imported.manifestDigest));
   const record = await c.getImage(imported.containerdName);
   assert(record, "image record exists");
   assertEquals(record.target.digest, imported.manifestDigest);
@@ -228,7 +228,7 @@ Deno.test("importImage() accepts gzip-compressed layers in a gzipped archive", a
   });
 });
 
-Deno.test("importImage() of a redeployed function replaces its image; the old one is collected", async () => {
+Deno.test("importImage() of a redeployed function adds a record; removing the old one collects it", async () => {
   await withClient(async (c) => {
     const first = await importImage(c, (await Deno.open(await buildHandlerImage("hello"))).readable, {
       name: "fn",
@@ -239,8 +239,14 @@ Deno.test("importImage() of a redeployed function replaces its image; the old on
       maxBytes: MAX,
     });
     assert(first.configDigest !== second.configDigest);
+    // Both records exist until the caller switches over, so requests in flight keep their snapshots.
+    assertEquals(
+      (await c.listImages()).map((i) => i.name).sort(),
+      [first.containerdName, second.containerdName].sort(),
+    );
+    assert(await removeImage(c, first.containerdName));
     assertEquals((await c.listImages()).map((i) => [i.name, i.target.digest]), [
-      [containerdImageName("fn"), second.manifestDigest],
+      [containerdImageName("fn", second.manifestDigest), second.manifestDigest],
     ]);
     assertEquals(await c.contentInfo(first.configDigest), null, "old config collected");
     assertEquals(await c.contentInfo(first.manifestDigest), null, "old manifest collected");
@@ -258,8 +264,8 @@ Deno.test("importImage() gives two functions with the same tarball separate imag
     const a = await importImage(c, (await Deno.open(tarball)).readable, { name: "a", maxBytes: MAX });
     const b = await importImage(c, (await Deno.open(tarball)).readable, { name: "b", maxBytes: MAX });
     assertEquals((await c.listImages()).map((i) => i.name).sort(), [
-      containerdImageName("a"),
-      containerdImageName("b"),
+      containerdImageName("a", a.manifestDigest),
+      containerdImageName("b", b.manifestDigest),
     ]);
     assert(await removeImage(c, a.containerdName));
     // b still holds everything.

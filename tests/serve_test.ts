@@ -8,7 +8,7 @@ import { assert, assertEquals, assertMatch, assertStringIncludes } from "./asser
 import { startContainerd } from "./harness/containerd.ts";
 import { buildHandlerImage } from "./harness/images.ts";
 import { leftovers, NONE, openFds, startTestPlatform, type TestPlatform } from "./harness/platform.ts";
-import { curl } from "./curl.ts";
+import { curl, type CurlResult } from "./curl.ts";
 
 async function deployMode(p: TestPlatform, name: string, mode: string, env?: Record<string, string>): Promise<string> {
   const tarball = await buildHandlerImage(mode, env ? { env } : {});
@@ -144,4 +144,71 @@ Deno.test("a deleted function stops accepting connections", async () => {
   assertEquals((await p.request("DELETE", "/api/functions/gone")).status, 200);
   const r = await curl(url, { timeoutS: 5 });
   assert(r.exit !== 0, "connection refused after delete");
+});
+
+Deno.test("requests in flight finish across a delete, a redeploy and a containerd restart", async (t) => {
+  await using ctd = await startContainerd();
+  await using p = await startTestPlatform(ctd);
+  const slow = await buildHandlerImage("sleep", { args: ["1500"] });
+  const upload = async (name: string, tarball: string) => {
+    const res = await p.request("POST", "/api/new", {
+      headers: { "x-image-name": name },
+      body: (await Deno.open(tarball)).readable,
+    });
+    return `http://${(await res.json()).ip}:${p.port}/`;
+  };
+  /** Waits until `n` tasks run, then a little more so that each has its socket (it connects right away). */
+  const running = async (n: number) => {
+    const count = async () => (await p.client.listTasks()).filter((t) => t.status === "running").length;
+    for (let i = 0; i < 100 && await count() < n; i++) await new Promise((r) => setTimeout(r, 50));
+    await new Promise((r) => setTimeout(r, 300));
+  };
+
+  await t.step("a request in flight when its function is deleted is answered, then cleaned up", async () => {
+    const url = await upload("doomed", slow);
+    const pending = curl(url);
+    await running(1);
+    assertEquals((await p.request("DELETE", "/api/functions/doomed")).status, 200);
+    const r = await pending;
+    assertEquals([r.exit, r.status, r.body], [0, 200, "slept\n"]);
+    await settled(p);
+    assertEquals(await leftovers(p.client), NONE);
+    assertEquals((await p.client.listImages()).length, 0);
+  });
+
+  await t.step("a redeploy while requests flow loses none of them", async () => {
+    const url = await upload("rolling", await buildHandlerImage("hello"));
+    const results: Promise<CurlResult>[] = [];
+    let deploying = true;
+    const traffic = (async () => {
+      while (deploying) {
+        results.push(curl(url));
+        await new Promise((r) => setTimeout(r, 40));
+      }
+    })();
+    await upload("rolling", await buildHandlerImage("noread"));
+    await upload("rolling", await buildHandlerImage("hello"));
+    deploying = false;
+    await traffic;
+    const all = await Promise.all(results);
+    const failed = all.filter((r) => r.exit !== 0 || r.status !== 200);
+    assertEquals(failed, []);
+    assert(all.length > 3, `only ${all.length} requests`);
+    await settled(p);
+    assertEquals(await leftovers(p.client), NONE);
+  });
+
+  await t.step("a request in flight survives a containerd restart, and serving goes on", async () => {
+    if (ctd.external) return; // cannot restart a containerd the tests did not start
+    const url = await upload("steady", slow);
+    const pending = curl(url);
+    await running(1);
+    await ctd.restart();
+    const r = await pending;
+    assertEquals([r.exit, r.status, r.body], [0, 200, "slept\n"]);
+    const after = await curl(url);
+    assertEquals([after.exit, after.status], [0, 200]);
+    await settled(p);
+    assertEquals(await leftovers(p.client), NONE);
+  });
 });

@@ -10,6 +10,7 @@ import { PoolExhaustedError } from "../ipam.ts";
 import { ContainerdError, isUnavailable } from "../containerd/errors.ts";
 import { ImageImportError } from "../images/errors.ts";
 import { ListenError } from "../serve.ts";
+import { HostAddressError } from "../hostaddr.ts";
 
 /** An error that already knows its HTTP status (bad requests found by the handlers themselves). */
 export class HttpError extends Error {
@@ -38,6 +39,8 @@ export function statusOf(e: unknown): number {
     return isUnavailable(e.cause) ? 503 : 502; // containerd failed, not the upload
   }
   if (e instanceof ListenError) return 409;
+  if (e instanceof HostAddressError) return 503;
+  if (e instanceof URIError) return 400; // a malformed %-escape in the path
   if (e instanceof ContainerdError) return isUnavailable(e) ? 503 : 502;
   return 500;
 }

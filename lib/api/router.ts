@@ -24,6 +24,8 @@ export interface ApiDeps {
   maxImageBytes: number;
   logPath: (name: string) => string;
   probe: () => Promise<Record<string, unknown>>;
+  /** Aborts when the daemon stops: long answers (`logs -f`) end then. */
+  stopping?: AbortSignal;
 }
 
 type Route = {

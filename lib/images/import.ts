@@ -16,6 +16,7 @@ import { ingestArchive } from "./archive.ts";
 import { ImageImportError } from "./errors.ts";
 import { type ProcessConfig, resolveImage } from "./manifest.ts";
 import { unpackLayers } from "./unpack.ts";
+import { parseUser } from "../spec.ts";
 
 export { ImageImportError, type ImageImportErrorKind, ImageTooLargeError } from "./errors.ts";
 export type { ProcessConfig } from "./manifest.ts";
@@ -63,9 +64,13 @@ export interface ImportedImage {
   config: ProcessConfig;
 }
 
-/** The containerd image record name of function `name`: one per function, so functions never share a record. */
-export function containerdImageName(name: string): string {
-  return `faasd.local/functions/${name}:latest`;
+/**
+ * The containerd image record name of function `name` running manifest `manifestDigest`. One record per function and
+ * image, so functions never share a record, and a redeploy can switch the registry to the new record before the old
+ * one (and the snapshots requests in flight are prepared on) goes.
+ */
+export function containerdImageName(name: string, manifestDigest: string): string {
+  return `faasd.local/functions/${name}:${manifestDigest.replace(/^sha256:/, "").slice(0, 16)}`;
 }
 
 /**
@@ -123,9 +128,10 @@ export async function importImage(
     for (const [i, layer] of image.layers.entries()) {
       await client.updateContentLabels(layer.digest, { "containerd.io/uncompressed": image.diffIds[i]! });
     }
+    checkRunnable(image.process);
     const imageRef = image.imageRef ?? name;
     const record = {
-      name: containerdImageName(name),
+      name: containerdImageName(name, image.manifest.digest),
       target: image.manifest,
       labels: { ...options.labels, [LABEL_MANAGED]: "true", [LABEL_FUNCTION]: name, [LABEL_IMAGE_REF]: imageRef },
     };
@@ -165,6 +171,18 @@ export async function removeImage(client: Containerd, containerdName: string): P
   } catch (err) {
     if (isNotFound(err)) return false;
     throw err;
+  }
+}
+
+/** Refuses at deploy time an image that no request could run: no command, or a user faasd cannot resolve. */
+function checkRunnable(process: ProcessConfig): void {
+  if (process.entrypoint.length + process.cmd.length === 0) {
+    throw new ImageImportError("the image has neither ENTRYPOINT nor CMD: nothing to run");
+  }
+  try {
+    parseUser(process.user);
+  } catch (err) {
+    throw new ImageImportError((err as Error).message, { cause: err });
   }
 }
 

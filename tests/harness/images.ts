@@ -58,6 +58,8 @@ export interface HandlerImageOptions {
   env?: Record<string, string>;
   /** `WORKDIR` of the image config: an absolute path of `[A-Za-z0-9._/-]` characters. */
   workdir?: string;
+  /** `USER` of the image config, e.g. `1000:1000` or a name. */
+  user?: string;
   /** Extra CMD arguments after the mode, e.g. `["2048"]` for mode `big`. */
   args?: string[];
 }
@@ -167,6 +169,7 @@ export function buildHandlerImage(mode: string, opts: HandlerImageOptions = {}):
     containerfileBody = [
       ...envLines(opts.env ?? {}),
       ...(opts.workdir === undefined ? [] : [workdirLine(opts.workdir)]),
+      ...(opts.user === undefined ? [] : [userLine(opts.user)]),
       `CMD ${JSON.stringify([mode, ...(opts.args ?? [])])}`,
     ].join("\n");
   } catch (err) {
@@ -343,6 +346,11 @@ function envLines(env: Record<string, string>): string[] {
     }
     return `ENV ${name}="${value.replace(/[\\"$]/g, (c) => `\\${c}`)}"`;
   });
+}
+
+function userLine(user: string): string {
+  if (!/^[A-Za-z0-9_][A-Za-z0-9_.:-]*$/.test(user)) throw new TypeError(`invalid user ${JSON.stringify(user)}`);
+  return `USER ${user}`;
 }
 
 function workdirLine(workdir: string): string {
