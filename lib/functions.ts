@@ -107,7 +107,7 @@ export class Functions {
         await images.remove(name, image).catch(() => {});
         throw e;
       }
-      const { record, created } = deployed;
+      const { record } = deployed;
       let added = false;
       try {
         added = await addresses.ensure(record.ip);

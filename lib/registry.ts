@@ -9,15 +9,9 @@
 import { DatabaseSync } from "node:sqlite";
 import { assertValidName, isValidName } from "./names.ts";
 import type { IpPool } from "./ipam.ts";
+import type { ProcessConfig } from "./spec.ts";
 
-/** What a container needs from the image's config to start the function's process. */
-export interface ProcessConfig {
-  entrypoint: string[];
-  cmd: string[];
-  env: string[];
-  workingDir: string;
-  user: string;
-}
+export type { ProcessConfig } from "./spec.ts";
 
 /** The image a function runs, as the import left it in containerd. */
 export interface DeployedImage {

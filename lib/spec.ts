@@ -6,7 +6,14 @@
  * @module
  */
 
-import type { ProcessConfig } from "./registry.ts";
+/** What a container needs from the image config to start the image's process. */
+export interface ProcessConfig {
+  entrypoint: string[];
+  cmd: string[];
+  env: string[];
+  workingDir: string;
+  user: string;
+}
 
 /** Where the control socket appears inside the container (the handler contract). */
 export const CONTROL_SOCKET = "/control.sock";

@@ -503,20 +503,13 @@ export class Containerd {
    *
    * @throws {ContainerdError} `AlreadyExists` for a taken key, `NotFound` for an unknown parent.
    */
-  async prepareSnapshot(
+  prepareSnapshot(
     snapshotter: string,
     key: string,
     parent: string,
     options: { labels?: Record<string, string> } & LeaseOption = {},
   ): Promise<Mount[]> {
-    const res = await call(
-      "Snapshots.Prepare",
-      () =>
-        this.#snapshots.prepare({ snapshotter, key, parent, labels: options.labels ?? {} }, {
-          headers: leaseHeaders(options.lease),
-        }),
-    );
-    return res.mounts.map(toMount);
+    return this.#newSnapshot("prepare", snapshotter, key, parent, options);
   }
 
   /**
@@ -524,20 +517,28 @@ export class Containerd {
    *
    * @throws {ContainerdError} `AlreadyExists` for a taken key, `NotFound` for an unknown parent.
    */
-  async viewSnapshot(
+  viewSnapshot(
     snapshotter: string,
     key: string,
     parent: string,
     options: { labels?: Record<string, string> } & LeaseOption = {},
   ): Promise<Mount[]> {
-    const res = await call(
-      "Snapshots.View",
-      () =>
-        this.#snapshots.view({ snapshotter, key, parent, labels: options.labels ?? {} }, {
-          headers: leaseHeaders(options.lease),
-        }),
-    );
-    return res.mounts.map(toMount);
+    return this.#newSnapshot("view", snapshotter, key, parent, options);
+  }
+
+  async #newSnapshot(
+    kind: "prepare" | "view",
+    snapshotter: string,
+    key: string,
+    parent: string,
+    options: { labels?: Record<string, string> } & LeaseOption,
+  ): Promise<Mount[]> {
+    const request = { snapshotter, key, parent, labels: options.labels ?? {} };
+    const headers = { headers: leaseHeaders(options.lease) };
+    const { mounts } = kind === "prepare"
+      ? await call("Snapshots.Prepare", () => this.#snapshots.prepare(request, headers))
+      : await call("Snapshots.View", () => this.#snapshots.view(request, headers));
+    return mounts.map(toMount);
   }
 
   /**

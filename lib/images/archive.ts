@@ -165,7 +165,7 @@ async function readEntry(
     throw err;
   }
   const complete = seen === size;
-  const json = kept && complete && looksLikeJson(head) ? concat(kept, size) : undefined;
+  const json = kept && complete && looksLikeJson(head) ? Buffer.concat(kept, size) : undefined;
   return { kind: "blob", name, digest: written.digest, size: written.size, head, json };
 }
 
@@ -267,21 +267,11 @@ async function readSmall(it: AsyncIterator<Uint8Array>, name: string): Promise<U
     if (size > MAX_JSON_BYTES) throw new ImageImportError(`${name} is larger than ${MAX_JSON_BYTES} bytes`);
     chunks.push(next.value);
   }
-  return concat(chunks, size);
+  return Buffer.concat(chunks, size);
 }
 
 function looksLikeJson(head: Uint8Array): boolean {
   return head[0] === 0x7b; // "{"
-}
-
-function concat(chunks: Uint8Array[], size: number): Uint8Array {
-  const out = new Uint8Array(size);
-  let at = 0;
-  for (const c of chunks) {
-    out.set(c, at);
-    at += c.length;
-  }
-  return out;
 }
 
 /** Turns parser failures into user-facing errors; ours and containerd's pass through. */

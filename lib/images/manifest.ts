@@ -21,15 +21,9 @@ import {
   OCI_CONFIG,
   OCI_MANIFEST,
 } from "./mediatypes.ts";
+import type { ProcessConfig } from "../spec.ts";
 
-/** What a container needs from the image config to start the image's process. */
-export interface ProcessConfig {
-  entrypoint: string[];
-  cmd: string[];
-  env: string[];
-  workingDir: string;
-  user: string;
-}
+export type { ProcessConfig } from "../spec.ts";
 
 /** One image of an archive, its manifest committed and labelled. */
 export interface ResolvedImage {
