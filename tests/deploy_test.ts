@@ -100,6 +100,18 @@ Deno.test("POST /api/new deploys images and the API reports them", async (t) => 
     assertEquals(images, p.platform.registry.list().map((f) => f.image!.containerdName).sort());
   });
 
+  await t.step("concurrent deploys of one name are serialised: one IP, one image left", async () => {
+    const [a, b] = await Promise.all([
+      deploy(p, "twin", await fileBody(dockerTar)),
+      deploy(p, "twin", await fileBody(await buildHandlerImage("noread"))),
+    ]);
+    assertEquals([a.status, b.status].sort(), [200, 201]);
+    assertEquals(a.json.ip, b.json.ip);
+    const twin = (await p.client.listImages()).filter((i) => i.name.startsWith("faasd.local/functions/twin:"));
+    assertEquals(twin.map((i) => i.name), [p.platform.registry.get("twin")!.image!.containerdName]);
+    assertEquals((await p.request("DELETE", "/api/functions/twin")).status, 200);
+  });
+
   await t.step("GET /api/ip of an unknown name is a 404 with an error", async () => {
     const res = await p.request("GET", "/api/ip/nope");
     assertEquals(res.status, 404);
@@ -124,7 +136,7 @@ Deno.test("POST /api/new deploys images and the API reports them", async (t) => 
     assertEquals(health.status, "ok");
     assertEquals(health.containerd, "1.6.20~ds1");
     const metrics = await (await p.request("GET", "/metrics")).text();
-    assertStringIncludes(metrics, 'faasd_deploys_total{outcome="ok"} 4');
+    assertStringIncludes(metrics, 'faasd_deploys_total{outcome="ok"} 6');
   });
 });
 
