@@ -11,6 +11,7 @@
 
 import { parseArgs } from "node:util";
 import { nameFromImage } from "./lib/names.ts";
+import { upload, type UploadAnswer } from "./lib/client/upload.ts";
 
 const USAGE = `Usage: faas [--url URL] <command> [options]
 
@@ -163,18 +164,31 @@ async function cmdNew(url: string, args: string[]): Promise<void> {
   } else {
     body = exportImage(await engineFor(image!), image!);
   }
-  const headers: Record<string, string> = { "x-image-name": name, "content-type": "application/x-tar" };
-  if (total !== undefined) headers["content-length"] = String(total);
-  let res: Response;
+  let answer: UploadAnswer;
   try {
-    res = await call(url, "/api/new", { method: "POST", headers, body: withProgress(body, total) });
+    answer = await upload(
+      `${url}/api/new`,
+      { "x-image-name": name, "content-type": "application/x-tar" },
+      withProgress(body, total),
+      total,
+    );
   } catch (e) {
-    // An export failure surfaces as the upload's cause; show that rather than the transport's message.
-    const cause = (e as Error).cause;
-    throw cause instanceof CliError ? cause : e;
+    if (e instanceof CliError) throw e; // the export failed: say why
+    throw new CliError(`cannot reach faasd at ${url}: ${(e as Error).message}`);
   }
-  const { ip } = await res.json() as { ip: string };
-  console.log(ip);
+  const parsed = parseAnswer(answer.body);
+  if (answer.status < 200 || answer.status > 299) {
+    throw new CliError(`${parsed?.error ?? answer.body.trim()} (HTTP ${answer.status})`);
+  }
+  console.log(parsed?.ip);
+}
+
+function parseAnswer(text: string): { ip?: string; error?: string } | null {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return null;
+  }
 }
 
 async function cmdIp(url: string, args: string[]): Promise<void> {

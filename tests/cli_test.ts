@@ -108,6 +108,28 @@ Deno.test("faas drives a running faasd end to end", async (t) => {
     assertStringIncludes(down.stderr, "cannot reach faasd at http://127.0.0.1:1");
   });
 
+  await t.step("a refused upload and a failing export each fail with one line that says why", async () => {
+    const dir = await Deno.makeTempDir({ prefix: "faasd-cli-" });
+    try {
+      await Deno.writeFile(`${dir}/junk.tar`, new Uint8Array(10_000).fill(7));
+      const refused = await faas(d.url, ["new", "--tar", `${dir}/junk.tar`, "--name", "junk"]);
+      assertEquals(refused.code, 1);
+      assertMatch(refused.stderr, /^faas: .+ \(HTTP 400\)\n$/);
+      // An engine that has the image but dies halfway through the export.
+      await Deno.writeTextFile(
+        `${dir}/engine`,
+        `#!/bin/sh\n[ "$1" = image ] && exit 0\nhead -c 100000 /dev/zero; echo "disk on fire" >&2; exit 1\n`,
+        { mode: 0o755 },
+      );
+      const broken = await faas(d.url, ["new", "localhost/x:1", "--name", "broken"], { FAAS_ENGINE: `${dir}/engine` });
+      assertEquals(broken.code, 1);
+      assertEquals(broken.stderr, `faas: ${dir}/engine save localhost/x:1 failed: disk on fire\n`);
+      assertEquals((await faas(d.url, ["ip", "broken"])).code, 1);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  });
+
   await t.step("--help works for faas and each command", async () => {
     for (const args of [["--help"], ["new", "--help"], ["list", "--help"], ["logs", "--help"]]) {
       const r = await faas(d.url, args);
