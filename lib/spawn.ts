@@ -12,7 +12,7 @@
 
 import type { Containerd } from "./containerd/client.ts";
 import { isNotFound } from "./containerd/errors.ts";
-import type { ExitStatus } from "./containerd/types.ts";
+import type { ExitStatus, Mount } from "./containerd/types.ts";
 import type { Poller } from "../ffi/epoll.ts";
 import { type UnixConn, UnixListener } from "../ffi/socket.ts";
 import type { FunctionRecord } from "./registry.ts";
@@ -125,19 +125,25 @@ export class RequestContainer {
     // The lease keeps the new snapshot from being collected before the container references it.
     this.#lease = await containerd.createLease({ labels, expireAfterSeconds: 24 * 3600 });
     const lease = this.#lease;
-    const rootfs = await containerd.prepareSnapshot(snapshotter, this.id, image.chainId, { labels, lease });
-    await containerd.createContainer({
-      id: this.id,
-      image: image.containerdName,
-      labels,
-      spec,
-      snapshotter,
-      snapshotKey: this.id,
-      runtime: { name: "io.containerd.runc.v2", binaryName: runtime },
-    }, { lease });
-    this.#created = true;
     const log = logPath(stateDir, fn.name);
-    await rotateIfNeeded(log, this.#deps.logMaxBytes);
+    // Independent steps run together (they are on the request's critical path); all settle before any failure is
+    // thrown, so that remove() knows exactly what exists.
+    const [prepared, created, rotated] = await Promise.allSettled([
+      containerd.prepareSnapshot(snapshotter, this.id, image.chainId, { labels, lease }),
+      containerd.createContainer({
+        id: this.id,
+        image: image.containerdName,
+        labels,
+        spec,
+        snapshotter,
+        snapshotKey: this.id,
+        runtime: { name: "io.containerd.runc.v2", binaryName: runtime },
+      }, { lease }),
+      rotateIfNeeded(log, this.#deps.logMaxBytes),
+    ]);
+    this.#created = created.status === "fulfilled";
+    for (const r of [prepared, created, rotated]) if (r.status === "rejected") throw r.reason;
+    const rootfs = (prepared as PromiseFulfilledResult<Mount[]>).value;
     await containerd.createTask({ containerId: this.id, rootfs, stdout: `file://${log}`, stderr: `file://${log}` });
     this.#taskCreated = true;
     this.#exited = this.#waitForExit();
