@@ -100,6 +100,7 @@ Deno.test("SIGTERM lets a request in flight finish before faasd exits", async ()
     assertEquals(await leftovers(client), NONE);
   } finally {
     client.close();
+    await Deno.remove(d.stateDir, { recursive: true });
   }
 });
 
