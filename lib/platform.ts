@@ -58,7 +58,9 @@ async function waitForContainerd(containerd: Containerd, address: string): Promi
 export async function startPlatform(config: DaemonConfig, log: (message: string) => void): Promise<Platform> {
   const { stateDir } = config;
   await Deno.mkdir(`${stateDir}/logs`, { recursive: true });
-  await Deno.mkdir(socketDir(stateDir), { recursive: true });
+  // Only root may reach the control sockets: whoever connects to one first is handed the client's connection.
+  await Deno.mkdir(socketDir(stateDir), { recursive: true, mode: 0o700 });
+  await Deno.chmod(socketDir(stateDir), 0o700);
 
   const registry = new Registry(`${stateDir}/faasd.db`);
   const seedJson = `${stateDir}/registry.json`;

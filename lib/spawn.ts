@@ -318,7 +318,7 @@ export async function reapLeftovers(deps: Pick<SpawnDeps, "containerd" | "stateD
     await containerd.deleteLease(l.id, { sync: false }).catch(swallow);
   }
   const dir = socketDir(deps.stateDir);
-  await Deno.mkdir(dir, { recursive: true });
+  await Deno.mkdir(dir, { recursive: true, mode: 0o700 });
   for await (const entry of Deno.readDir(dir)) {
     if (entry.name.endsWith(".sock")) await Deno.remove(`${dir}/${entry.name}`).catch(() => {});
   }

@@ -228,6 +228,24 @@ Deno.test("importImage() accepts gzip-compressed layers in a gzipped archive", a
   });
 });
 
+Deno.test("importImage() tells a gzipped archive whose upload starts with a 1-byte chunk", async () => {
+  await withClient(async (c) => {
+    const archive = await gzip(await Deno.readFile(await buildHandlerImage("hello")));
+    const first = archive.slice(0, 1);
+    const rest = body(archive.slice(1));
+    const stream = new ReadableStream<Uint8Array>({
+      start: (controller) => controller.enqueue(first),
+      pull: async (controller) => {
+        const reader = rest.getReader();
+        for (let r = await reader.read(); !r.done; r = await reader.read()) controller.enqueue(r.value);
+        controller.close();
+      },
+    });
+    const imported = await importImage(c, stream, { name: "trickle", maxBytes: MAX });
+    await assertImported(c, imported, "trickle", 1);
+  });
+});
+
 Deno.test("importImage() of a redeployed function adds a record; removing the old one collects it", async () => {
   await withClient(async (c) => {
     const first = await importImage(c, (await Deno.open(await buildHandlerImage("hello"))).readable, {
@@ -343,14 +361,36 @@ Deno.test("importImage() rejects an entry with an absolute path", async () => {
   await assertFails(packTar([file("/etc/evil", "x"), ...files]), /absolute path/);
 });
 
-Deno.test("importImage() rejects a layer that is a symlink", async () => {
+Deno.test("importImage() follows a layer linked inside the archive, as older docker save writes duplicates", async () => {
   const files = await dockerArchive();
   // podman's archive carries a legacy `<id>/layer.tar` symlink to the real layer: name it as the layer.
   const link = files.find((f) => f.header.type === "symlink")!;
   const [entry] = manifestOf(files);
+  await withClient(async (c) => {
+    const bytes = await packTar(replaceManifest(files, [{ ...entry, Layers: [link.header.name] }]));
+    const imported = await importImage(c, body(bytes), { name: "linked", maxBytes: MAX });
+    await assertImported(c, imported, "linked", 1);
+  });
+});
+
+Deno.test("importImage() rejects a layer linking outside the archive or to nothing", async () => {
+  const files = await dockerArchive();
+  const [entry] = manifestOf(files);
+  const link = (name: string, linkname: string) => ({
+    header: { name, type: "symlink", linkname } as tar.Header,
+    data: new Uint8Array(),
+  });
+  const withLayer = (name: string) => replaceManifest(files, [{ ...entry, Layers: [name] }]);
+  await assertFails(packTar([...withLayer("evil/layer.tar"), link("evil/layer.tar", "../../etc/passwd")]), /outside/);
+  await assertFails(packTar([...withLayer("abs/layer.tar"), link("abs/layer.tar", "/etc/passwd")]), /outside/);
+  await assertFails(packTar([...withLayer("gone/layer.tar"), link("gone/layer.tar", "../nothing.tar")]), /missing/);
   await assertFails(
-    packTar(replaceManifest(files, [{ ...entry, Layers: [link.header.name] }])),
-    /is a symlink entry, not a regular file/,
+    packTar([
+      ...withLayer("a/layer.tar"),
+      link("a/layer.tar", "../b/layer.tar"),
+      link("b/layer.tar", "../a/layer.tar"),
+    ]),
+    /too many links/,
   );
 });
 
@@ -366,6 +406,31 @@ Deno.test("importImage() rejects a manifest.json that is a symlink", async () =>
 Deno.test("importImage() rejects an oversized body with ImageTooLargeError", async () => {
   const tarball = await Deno.readFile(await buildHandlerImage("hello"));
   await assertFails(tarball, /larger than the limit of 100000 bytes/, { maxBytes: 100_000, cls: ImageTooLargeError });
+});
+
+Deno.test("importImage() stops a gzip bomb at maxBytes of inflated tar", async () => {
+  // 256 MiB of zeros gzip to ~256 KiB: the limit applies to what the archive inflates to.
+  const zeros = new Uint8Array(256 * 1024 * 1024);
+  await assertFails(gzip(zeros), /larger than the limit/, { maxBytes: 8 << 20, cls: ImageTooLargeError });
+});
+
+Deno.test("importImage() abandons an upload that stalls", async () => {
+  const tarball = await Deno.readFile(await buildHandlerImage("hello"));
+  using c = ctd.client(testNamespace());
+  let sent = false;
+  const stalling = new ReadableStream<Uint8Array>({
+    pull(controller) {
+      if (!sent) controller.enqueue(tarball.slice(0, tarball.length / 2));
+      sent = true;
+      return new Promise(() => {}); // and then nothing, ever
+    },
+  });
+  const err = await assertRejects(
+    () => importImage(c, stalling, { name: "stalled", maxBytes: MAX, stallMs: 300 }),
+    ImageImportError,
+  );
+  assertMatch(err.message, /stalled/);
+  assertEquals(await leftovers(c), NOTHING);
 });
 
 Deno.test("importImage() rejects an archive without manifest", async () => {

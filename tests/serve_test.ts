@@ -112,6 +112,8 @@ Deno.test("every connection is served by a fresh container that receives the soc
     assertEquals(openFds(), fdsBefore);
     assertEquals(await leftovers(p.client), NONE);
     assertEquals([...Deno.readDirSync(`${p.stateDir}/run`)].length, 0);
+    // Only root reaches the control sockets: whoever connects first would get the client's connection.
+    assertEquals(Deno.statSync(`${p.stateDir}/run`).mode! & 0o777, 0o700);
     const metrics = await (await p.request("GET", "/metrics")).text();
     assertStringIncludes(metrics, 'faasd_requests_total{function="hello",outcome="ok"}');
     assertStringIncludes(metrics, 'faasd_requests_total{function="noconnect",outcome="connect-timeout"} 1');

@@ -84,7 +84,7 @@ async function readAnswer(conn: Deno.Conn): Promise<UploadAnswer> {
 /**
  * POSTs `body` to `url` (an `http://` URL) with `headers`; `size`, when known, is sent as `Content-Length`.
  *
- * @throws {TypeError} for a URL that is not plain http.
+ * @throws {TypeError} for a URL that is not plain http, or a header with a line break.
  * @throws {Deno.errors.ConnectionRefused} and other connection errors when faasd cannot be reached.
  * @throws whatever `body` errors with (e.g. a failed `docker save`), after closing the connection.
  */
@@ -94,6 +94,9 @@ export async function upload(
   body: ReadableStream<Uint8Array>,
   size?: number,
 ): Promise<UploadAnswer> {
+  for (const [k, v] of Object.entries(headers)) {
+    if (/[\r\n]/.test(k + v)) throw new TypeError(`header ${JSON.stringify(k)} must not contain a line break`);
+  }
   const u = new URL(url);
   if (u.protocol !== "http:") throw new TypeError(`only http:// URLs are supported for uploads, got ${u.protocol}`);
   const conn = await Deno.connect({ hostname: u.hostname, port: Number(u.port || 80) });

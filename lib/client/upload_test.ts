@@ -60,6 +60,14 @@ Deno.test("upload() returns an early refusal even while the body is still being 
   await server.shutdown();
 });
 
+Deno.test("upload() refuses header values with line breaks (no header injection)", async () => {
+  await assertRejects(
+    () => upload("http://127.0.0.1:1/", { "x-image-name": "a\r\nX-Evil: 1" }, stream(data, 1000)),
+    TypeError,
+    "line break",
+  );
+});
+
 Deno.test("upload() rethrows a failing body and fails on a refused connection", async () => {
   const { url, server } = serve();
   const failing = new ReadableStream<Uint8Array>({

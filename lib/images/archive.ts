@@ -40,11 +40,13 @@ export interface ArchiveBlob {
   json?: Uint8Array;
 }
 
-/** An entry that is not a regular file (symlink, hard link, device, fifo …): never a blob. */
+/** An entry that is not a regular file (symlink, hard link, device, fifo …): never a blob itself. */
 export interface ArchiveOther {
   kind: "other";
   name: string;
   type: string;
+  /** A link's target as written in the archive (older `docker save` links duplicate layers to one file). */
+  linkname?: string;
 }
 
 /** What an archive held. */
@@ -67,6 +69,8 @@ export interface IngestOptions {
   maxBytes: number;
   /** Limit of the number of entries. */
   maxEntries: number;
+  /** An upload sending nothing for this long (ms) is abandoned; default 60 s. */
+  stallMs?: number;
 }
 
 /**
@@ -85,7 +89,7 @@ export async function ingestArchive(
   const indexFiles = new Map<string, Uint8Array>();
   const stop = new AbortController();
   const extract = tar.extract();
-  const feeder = feed(extract, body, options.maxBytes, stop.signal);
+  const feeder = feed(extract, body, options.maxBytes, options.stallMs ?? STALL_MS, stop.signal);
   // Its failure reaches us through the parser too; this only keeps it from counting as unhandled meanwhile.
   feeder.catch(() => {});
   let count = 0;
@@ -129,7 +133,9 @@ async function readEntry(
   const name = normalizeEntryName(header.name);
   const type = header.type ?? "file";
   if (name === "" || type === "directory") return null;
-  if (type !== "file" && type !== "contiguous-file") return { kind: "other", name, type };
+  if (type !== "file" && type !== "contiguous-file") {
+    return { kind: "other", name, type, ...(header.linkname ? { linkname: header.linkname } : {}) };
+  }
   if (INDEX_FILES.has(name)) return { kind: "index", name, data: await readSmall(it, name) };
   if (LEGACY_FILES.test(name)) return null;
 
@@ -187,10 +193,44 @@ export function normalizeEntryName(raw: string): string {
 }
 
 /** Pumps `body` into the tar parser at the pace it accepts; resolves to the tar byte count. */
+/** By default, an upload that sends nothing for this long is abandoned. */
+const STALL_MS = 60_000;
+/** Input piece size for gunzip: at most ~4 MiB out per piece. */
+const GUNZIP_PIECE = 4096;
+
+/** Reads the next chunk, or throws when none comes within `ms`. */
+async function readWithin(
+  reader: ReadableStreamDefaultReader<Uint8Array>,
+  ms: number,
+): Promise<ReadableStreamReadResult<Uint8Array>> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const stalled = new Promise<never>((_, reject) =>
+    timer = setTimeout(
+      () => reject(new ImageImportError(`upload stalled: no data for ${ms / 1000} s`)),
+      ms,
+    )
+  );
+  try {
+    return await Promise.race([reader.read(), stalled]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** Splits chunks into pieces of at most `size` bytes. */
+function slicer(size: number): TransformStream<Uint8Array, Uint8Array> {
+  return new TransformStream({
+    transform(chunk, controller) {
+      for (let at = 0; at < chunk.length; at += size) controller.enqueue(chunk.subarray(at, at + size));
+    },
+  });
+}
+
 async function feed(
   extract: tar.Extract,
   body: ReadableStream<Uint8Array>,
   maxBytes: number,
+  stallMs: number,
   signal: AbortSignal,
 ): Promise<number> {
   const reader = body.getReader();
@@ -199,23 +239,39 @@ async function feed(
   signal.addEventListener("abort", onAbort, { once: true });
   let total = 0;
   try {
-    let first = await reader.read();
-    while (!first.done && first.value.length === 0) first = await reader.read();
+    // Enough bytes to tell gzip from tar, even when the upload starts with tiny chunks.
+    const head: Uint8Array[] = [];
+    let headSize = 0;
+    let ended = false;
+    while (headSize < 4) {
+      const next = await readWithin(reader, stallMs);
+      if (next.done) {
+        ended = true;
+        break;
+      }
+      head.push(next.value);
+      headSize += next.value.length;
+    }
+    const first = Buffer.concat(head, headSize);
     const raw = new ReadableStream<Uint8Array>({
       start(controller) {
-        if (first.done) controller.close();
-        else controller.enqueue(first.value);
+        if (headSize > 0) controller.enqueue(first);
+        if (ended) controller.close();
       },
       async pull(controller) {
-        const next = await reader.read();
+        const next = await readWithin(reader, stallMs);
         if (next.done) controller.close();
         else controller.enqueue(next.value);
       },
       cancel: (reason) => reader.cancel(reason),
     }, { highWaterMark: 0 });
-    const gzipped = !first.done && detectCompression(first.value) === "gzip";
+    const gzipped = headSize > 0 && detectCompression(first) === "gzip";
+    // DecompressionStream inflates each input chunk into one output chunk, however large: small input pieces bound
+    // what one chunk of a gzip bomb can allocate (deflate expands at most ~1032×).
     const tarStream = gzipped
-      ? raw.pipeThrough<Uint8Array>(new DecompressionStream("gzip") as ReadableWritablePair<Uint8Array, Uint8Array>)
+      ? raw.pipeThrough(slicer(GUNZIP_PIECE)).pipeThrough<Uint8Array>(
+        new DecompressionStream("gzip") as ReadableWritablePair<Uint8Array, Uint8Array>,
+      )
       : raw;
     const tarReader = tarStream.getReader();
     const onAbortTar = () => tarReader.cancel(signal.reason).catch(() => {});
@@ -226,7 +282,8 @@ async function feed(
         next = await tarReader.read();
       } catch (err) {
         if (signal.aborted) return total;
-        throw gzipped ? new ImageImportError("image archive is not a valid gzip stream", { cause: err }) : err;
+        if (!gzipped || err instanceof ImageImportError) throw err;
+        throw new ImageImportError("image archive is not a valid gzip stream", { cause: err });
       }
       if (next.done || signal.aborted) break;
       total += next.value.length;

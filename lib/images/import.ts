@@ -32,8 +32,11 @@ export const LABEL_IMAGE_REF = "faasd.image-ref";
 /** containerd filter selecting import leases (for reaping the leftovers of a crash). */
 export const IMPORT_LEASE_FILTER = `labels."${LABEL_LEASE}"==import`;
 
-/** An import lease expires by itself after this long, should faasd die holding it. */
-const LEASE_EXPIRY_SECONDS = 3600;
+/**
+ * An import lease expires by itself after this long, should faasd die holding it (the next start reaps it sooner).
+ * Long enough for the slowest upload that still sends a byte a minute.
+ */
+const LEASE_EXPIRY_SECONDS = 24 * 3600;
 const DEFAULT_MAX_ENTRIES = 10_000;
 
 /** Options of {@linkcode importImage}. */
@@ -48,6 +51,8 @@ export interface ImportOptions {
   labels?: Record<string, string>;
   /** Limit of the number of archive entries (default 10 000). */
   maxEntries?: number;
+  /** An upload sending nothing for this long (ms) is abandoned; default 60 s. */
+  stallMs?: number;
 }
 
 /** What an import left in containerd. */
@@ -109,6 +114,7 @@ export async function importImage(
       refPrefix,
       maxBytes: options.maxBytes,
       maxEntries: options.maxEntries ?? DEFAULT_MAX_ENTRIES,
+      stallMs: options.stallMs,
     });
     const image = await resolveImage(client, contents, {
       lease,

@@ -225,14 +225,45 @@ function readConfig(
   };
 }
 
+/** How many links one lookup follows before giving up. */
+const MAX_LINKS = 8;
+
+/**
+ * The blob at `path`. Symbolic and hard links inside the archive are followed (older `docker save` writes a
+ * duplicate layer as a link to the first copy): only to entries of the same archive, never outside it — nothing is
+ * written to disk, so a link can only name another entry.
+ */
 function lookup(contents: ArchiveContents, path: string, what: string): ArchiveBlob {
-  const name = normalizeEntryName(path);
-  const entry = contents.entries.get(name);
-  if (!entry) throw new ImageImportError(`${what} ${JSON.stringify(path)} is missing from the archive`);
-  if (entry.kind !== "blob") {
-    throw new ImageImportError(`${what} ${JSON.stringify(path)} is a ${entry.type} entry, not a regular file`);
+  let name = normalizeEntryName(path);
+  for (let hops = 0; hops <= MAX_LINKS; hops++) {
+    const entry = contents.entries.get(name);
+    if (!entry) throw new ImageImportError(`${what} ${JSON.stringify(path)} is missing from the archive`);
+    if (entry.kind === "blob") return entry;
+    if ((entry.type !== "symlink" && entry.type !== "link") || !entry.linkname) {
+      throw new ImageImportError(`${what} ${JSON.stringify(path)} is a ${entry.type} entry, not a regular file`);
+    }
+    // A symlink is relative to its own directory; a hard link names an entry from the archive's root.
+    const base = entry.type === "symlink" ? name.slice(0, name.lastIndexOf("/") + 1) : "";
+    const target = entry.linkname.startsWith("/") ? null : resolveInArchive(base + entry.linkname);
+    if (target === null) {
+      throw new ImageImportError(`${what} ${JSON.stringify(path)} links outside the archive`);
+    }
+    name = target;
   }
-  return entry;
+  throw new ImageImportError(`${what} ${JSON.stringify(path)}: too many links`);
+}
+
+/** Normalises a relative archive path with `.` and `..` segments; null when it climbs above the archive's root. */
+function resolveInArchive(path: string): string | null {
+  const out: string[] = [];
+  for (const part of path.split("/")) {
+    if (part === "" || part === ".") continue;
+    if (part === "..") {
+      if (out.length === 0) return null;
+      out.pop();
+    } else out.push(part);
+  }
+  return out.join("/");
 }
 
 function blobOf(contents: ArchiveContents, descriptor: Descriptor, what: string): ArchiveBlob {
