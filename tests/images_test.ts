@@ -460,6 +460,43 @@ Deno.test("importImage() rejects a layer whose content differs from the config's
   await assertFails(packTar(rewritten), /layer 1 unpacks to sha256:[0-9a-f]+, but the image config says/);
 });
 
+Deno.test("importImage() does not hand out another image's unpacked layers to a forged upload", async () => {
+  await withClient(async (c) => {
+    const victim = await importImage(c, (await Deno.open(await buildHandlerImage("hello"))).readable, {
+      name: "victim",
+      maxBytes: MAX,
+    });
+    // An upload claiming the victim's diff ids (so its chain ids) for layers of its own, plain and gzipped.
+    const files = await dockerArchive("noread");
+    const [entry] = manifestOf(files);
+    const configFile = files.find((f) => f.header.name === entry!.Config)!;
+    const config = JSON.parse(text(configFile));
+    const victimConfig = JSON.parse(new TextDecoder().decode(await c.readBlob(victim.configDigest)));
+    config.rootfs.diff_ids = victimConfig.rootfs.diff_ids;
+    for (const compress of [false, true]) {
+      const rewritten: TarFile[] = [];
+      const layers: string[] = [];
+      for (const f of files) {
+        if (f === configFile) rewritten.push(file(f.header.name, JSON.stringify(config)));
+        else if (entry!.Layers.includes(f.header.name) && compress) {
+          rewritten.push(file(`${f.header.name}.gz`, await gzip(f.data)));
+          layers.push(`${f.header.name}.gz`);
+        } else {
+          rewritten.push(f);
+          if (entry!.Layers.includes(f.header.name)) layers.push(f.header.name);
+        }
+      }
+      const forged = await packTar(replaceManifest(rewritten, [{ ...entry, Layers: layers }]));
+      const err = await assertRejects(
+        () => importImage(c, body(forged), { name: "thief", maxBytes: MAX }),
+        ImageImportError,
+      );
+      assertMatch(err.message, /layer 1 unpacks to sha256:[0-9a-f]+, but the image config says/);
+    }
+    assertEquals((await c.listImages()).map((i) => i.name), [victim.containerdName]);
+  });
+});
+
 Deno.test("importImage() rejects an OCI blob whose content does not match its name", async () => {
   const files = await readTar(await Deno.readFile(await buildHandlerImage("hello", { format: "oci-archive" })));
   const victim = files.find((f) => f.header.name.startsWith("blobs/sha256/") && f.data.length > 1000)!;

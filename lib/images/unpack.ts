@@ -1,6 +1,7 @@
 /**
  * Unpacks an image's layers into committed snapshots named by chain id, as containerd's own unpacker does, so that
- * containers can be prepared on the top one. Layers whose chain snapshot exists already are reused.
+ * containers can be prepared on the top one. Layers whose chain snapshot exists already are reused when the layer is
+ * known to be the same; otherwise they are applied and checked like new ones.
  *
  * @module
  */
@@ -8,6 +9,7 @@
 import { type Containerd, type Descriptor, isAlreadyExists, isUnavailable } from "../containerd/client.ts";
 import { chainIds } from "./digest.ts";
 import { ImageImportError } from "./errors.ts";
+import { DOCKER_LAYER, OCI_LAYER } from "./mediatypes.ts";
 
 /** Options of {@linkcode unpackLayers}. */
 export interface UnpackOptions {
@@ -41,12 +43,14 @@ export async function unpackLayers(
   let parent = "";
   for (const [i, layer] of layers.entries()) {
     const name = chain[i]!;
-    if (await client.statSnapshot(snapshotter, name)) {
+    if (await client.statSnapshot(snapshotter, name) && await verifiedBefore(client, layer, diffIds[i]!)) {
       // Already unpacked (another function, an earlier deploy): hold it until the image references it.
       await client.addLeaseResource(lease, resource(name));
       parent = name;
       continue;
     }
+    // Not unpacked yet, or this upload's layer is not known to be what the existing snapshot holds: a chain id is
+    // only the uploader's claim, so the layer is applied and checked (a commit that finds the chain then reuses it).
     const key = `${options.keyPrefix}-${i}-${name}`;
     const mounts = await client.prepareSnapshot(snapshotter, key, parent, { lease });
     try {
@@ -74,6 +78,15 @@ export async function unpackLayers(
     parent = name;
   }
   return parent;
+}
+
+/**
+ * Whether `layer` is known to unpack to `diffId` without applying it: an uncompressed layer is its own diff, and a
+ * compressed blob carries `containerd.io/uncompressed` once an import has applied and checked it.
+ */
+async function verifiedBefore(client: Containerd, layer: Descriptor, diffId: string): Promise<boolean> {
+  if (layer.mediaType === DOCKER_LAYER || layer.mediaType === OCI_LAYER) return layer.digest === diffId;
+  return (await client.contentInfo(layer.digest))?.labels["containerd.io/uncompressed"] === diffId;
 }
 
 function errorText(err: unknown): string {
