@@ -9,6 +9,7 @@
  */
 
 import { ErrnoError } from "../ffi/errno.ts";
+import { isNotFound } from "./containerd/errors.ts";
 import type { TcpConn } from "../ffi/socket.ts";
 import { Listeners } from "./listen.ts";
 import type { Metrics } from "./metrics.ts";
@@ -121,12 +122,11 @@ export class Server {
     const removed = Promise.withResolvers<void>();
     const closed = this.#closeClientAfter(conn, removed.promise);
     try {
-      const record = this.#deps.registry.get(name);
-      if (!record?.image) {
+      container = await this.#start(name);
+      if (!container) {
         answer(conn, 503, `function ${name} has no image deployed`);
         return;
       }
-      container = await RequestContainer.start(this.#deps, record, this.#shutdown.signal);
       ({ outcome } = await this.#run(container, conn, started));
     } catch (e) {
       console.error(`faasd: ${name}: ${(e as Error).message}`);
@@ -139,6 +139,23 @@ export class Server {
       this.#inflight.set(name, this.#inflight.get(name)! - 1);
       metrics.inflight.add({ function: name }, -1);
       await closed;
+    }
+  }
+
+  /**
+   * Starts a container on the function's current image; null when it has none. A redeploy can remove the image
+   * between reading the registry and preparing the snapshot on it: then the registry has moved on, and the start is
+   * tried once more on the new image.
+   */
+  async #start(name: string): Promise<RequestContainer | null> {
+    const record = this.#deps.registry.get(name);
+    if (!record?.image) return null;
+    try {
+      return await RequestContainer.start(this.#deps, record, this.#shutdown.signal);
+    } catch (e) {
+      const now = this.#deps.registry.get(name);
+      if (!isNotFound(e) || !now?.image || now.image.chainId === record.image.chainId) throw e;
+      return await RequestContainer.start(this.#deps, now, this.#shutdown.signal);
     }
   }
 
