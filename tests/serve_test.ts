@@ -214,3 +214,21 @@ Deno.test("requests in flight finish across a delete, a redeploy and a container
     assertEquals(await leftovers(p.client), NONE);
   });
 });
+
+Deno.test("the OCI runtime is configurable; one that fails is answered 502 and leaves nothing", async (t) => {
+  await using ctd = await startContainerd();
+  const runc = new TextDecoder().decode(
+    (await new Deno.Command("sh", { args: ["-c", "command -v runc"], stdout: "piped" }).output()).stdout,
+  ).trim();
+  for (const [runtime, status] of [[runc, 200], ["/nonexistent/runtime", 502]] as const) {
+    await t.step(`--runtime ${runtime} answers ${status}`, async () => {
+      await using p = await startTestPlatform(ctd, { flags: ["--runtime", runtime] });
+      const url = await deployMode(p, "rt", "hello");
+      const r = await curl(url);
+      assertEquals([r.exit, r.status], [0, status], r.body);
+      await settled(p);
+      assertEquals(await leftovers(p.client), NONE);
+      assertEquals([...Deno.readDirSync(`${p.stateDir}/run`)].length, 0);
+    });
+  }
+});
