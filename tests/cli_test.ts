@@ -3,7 +3,7 @@
  * `save` stream, ip, list, logs, delete, and one-line errors with a non-zero exit.
  */
 
-import { assertEquals, assertMatch, assertStringIncludes } from "./assert.ts";
+import { assert, assertEquals, assertMatch, assertStringIncludes } from "./assert.ts";
 import { startContainerd } from "./harness/containerd.ts";
 import { buildHandlerImage, cacheDir } from "./harness/images.ts";
 import { startDaemon } from "./harness/platform.ts";
@@ -86,6 +86,27 @@ Deno.test("faas drives a running faasd end to end", async (t) => {
     const r = await faas(d.url, ["logs", "hello"]);
     assertEquals(r.code, 0, r.stderr);
     assertStringIncludes(r.stdout, "handler hello");
+  });
+
+  await t.step("logs -f follows new output until stopped", async () => {
+    const child = new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", CLI, "--url", d.url, "logs", "hello", "-f"],
+      stdout: "piped",
+      stderr: "null",
+    }).spawn();
+    const lines = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+    let seen = "";
+    const before = (await faas(d.url, ["logs", "hello"])).stdout.split("\n").filter((l) => l.includes("served")).length;
+    await curl(`http://${base}10:${d.port}/`);
+    while (seen.split("\n").filter((l) => l.includes("served")).length <= before) {
+      const { value, done } = await lines.read();
+      if (done) break;
+      seen += value;
+    }
+    assert(seen.split("\n").filter((l) => l.includes("served")).length > before, seen);
+    child.kill();
+    await lines.cancel();
+    await child.status;
   });
 
   await t.step("delete removes a function; later calls fail with one line", async () => {
