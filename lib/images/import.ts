@@ -148,7 +148,7 @@ export async function importImage(
       await client.updateImage(record);
     }
     // Best effort: the image record holds everything now, and a lease left behind expires by itself.
-    await client.deleteLease(lease, { sync: true }).catch(() => {});
+    await client.deleteLease(lease, { sync: false }).catch(() => {});
     return {
       imageRef,
       containerdName: record.name,
