@@ -150,7 +150,7 @@ Deno.test("POST /api/new refuses bad input with a clear error and leaves nothing
 
   const cases: Array<{ what: string; name?: string; body: BodyInit | null; status: number; error: string }> = [
     { what: "random bytes", body: crypto.getRandomValues(new Uint8Array(64 * 1024)), status: 400, error: "tar" },
-    { what: "a truncated tarball", body: good.slice(0, Math.floor(good.length / 2)), status: 400, error: "" },
+    { what: "a truncated tarball", body: good.slice(0, Math.floor(good.length / 2)), status: 400, error: "truncated" },
     {
       what: "an entry with ../",
       body: await makeTar([{ name: "../evil", body: "x" }, { name: "manifest.json", body: "[]" }]),
@@ -158,10 +158,17 @@ Deno.test("POST /api/new refuses bad input with a clear error and leaves nothing
       error: "..",
     },
     {
-      what: "a symlink where a blob belongs",
-      body: await makeTar([{ name: "blobs/sha256/" + "a".repeat(64), type: "symlink" }]),
+      what: "a layer that links outside the archive",
+      body: await makeTar([
+        {
+          name: "config.json",
+          body: JSON.stringify({ rootfs: { type: "layers", diff_ids: ["sha256:" + "a".repeat(64)] } }),
+        },
+        { name: "evil/layer.tar", type: "symlink", linkname: "/etc/passwd" },
+        { name: "manifest.json", body: JSON.stringify([{ Config: "config.json", Layers: ["evil/layer.tar"] }]) },
+      ]),
       status: 400,
-      error: "",
+      error: "links outside the archive",
     },
     {
       what: "a tarball without a manifest",
@@ -172,7 +179,7 @@ Deno.test("POST /api/new refuses bad input with a clear error and leaves nothing
     { what: "an image whose USER is a name", body: namedUser, status: 400, error: "not numeric" },
     { what: "a missing X-Image-Name header", name: "", body: good, status: 400, error: "X-Image-Name" },
     { what: "an invalid name", name: "Bad_Name", body: good, status: 400, error: "invalid function name" },
-    { what: "an empty body", body: null, status: 400, error: "" },
+    { what: "an empty body", body: null, status: 400, error: "empty body" },
     { what: "an oversized body", body: new Uint8Array(5 * 1024 * 1024), status: 413, error: "limit" },
     {
       what: "an oversized body without Content-Length",

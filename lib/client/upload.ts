@@ -14,6 +14,8 @@ export interface UploadAnswer {
   body: string;
 }
 
+import { concatBytes } from "../bytes.ts";
+
 const encoder = new TextEncoder();
 
 /** Coalesces a byte stream into chunks of at least `min` bytes (the last may be smaller). */
@@ -24,23 +26,12 @@ async function* coalesce(source: ReadableStream<Uint8Array>, min: number): Async
     parts.push(chunk);
     size += chunk.length;
     if (size >= min) {
-      yield join(parts, size);
+      yield concatBytes(parts, size);
       parts = [];
       size = 0;
     }
   }
-  if (size > 0) yield join(parts, size);
-}
-
-function join(parts: Uint8Array[], size: number): Uint8Array {
-  if (parts.length === 1) return parts[0]!;
-  const out = new Uint8Array(size);
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
+  if (size > 0) yield concatBytes(parts, size);
 }
 
 async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
@@ -68,14 +59,15 @@ async function readAnswer(conn: Deno.Conn): Promise<UploadAnswer> {
     chunks.push(buf.slice(0, n));
     size += n;
     if (bodyStart < 0) {
-      bodyStart = headEnd(join(chunks, size));
+      const bytes = concatBytes(chunks, size);
+      bodyStart = headEnd(bytes);
       if (bodyStart >= 0) {
-        const head = new TextDecoder().decode(join(chunks, size).subarray(0, bodyStart));
+        const head = new TextDecoder().decode(bytes.subarray(0, bodyStart));
         length = Number(/\r\ncontent-length:\s*(\d+)/i.exec(head)?.[1] ?? -1);
       }
     }
   }
-  const all = join(chunks, size);
+  const all = concatBytes(chunks, size);
   const status = Number(/^HTTP\/1\.[01] (\d{3}) /.exec(new TextDecoder().decode(all.subarray(0, 16)))?.[1]);
   if (bodyStart < 0 || Number.isNaN(status)) throw new Error("faasd closed the connection without a valid answer");
   return { status, body: new TextDecoder().decode(all.subarray(bodyStart, length >= 0 ? bodyStart + length : size)) };
@@ -114,7 +106,7 @@ export async function upload(
         if (size !== undefined) await writeAll(conn, chunk);
         else {
           const prefix = encoder.encode(`${chunk.length.toString(16)}\r\n`);
-          await writeAll(conn, join([prefix, chunk, encoder.encode("\r\n")], prefix.length + chunk.length + 2));
+          await writeAll(conn, concatBytes([prefix, chunk, encoder.encode("\r\n")], prefix.length + chunk.length + 2));
         }
       }
       if (size === undefined) await writeAll(conn, encoder.encode("0\r\n\r\n"));

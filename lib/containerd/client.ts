@@ -62,6 +62,7 @@ import type {
 } from "../../proto/gen/github.com/containerd/containerd/api/types/mount_pb.ts";
 import { OptionsSchema as RuncOptionsSchema } from "../../proto/gen/github.com/containerd/containerd/runtime/v2/runc/options/oci_pb.ts";
 
+import { concatBytes } from "../bytes.ts";
 import { ContainerdError, isAlreadyExists, isNotFound } from "./errors.ts";
 import type {
   ContainerInfo,
@@ -386,7 +387,7 @@ export class Containerd {
         chunks.push(res.data);
       }
     });
-    return concat(chunks, size);
+    return concatBytes(chunks, size);
   }
 
   /** A committed blob's info, or null when there is none. */
@@ -781,17 +782,6 @@ function randomHex(bytes: number): string {
 
 function dropEmpty(labels: Record<string, string>): Record<string, string> {
   return Object.fromEntries(Object.entries(labels).filter(([, v]) => v !== ""));
-}
-
-function concat(chunks: Uint8Array[], size: number): Uint8Array {
-  if (chunks.length === 1) return chunks[0]!;
-  const out = new Uint8Array(size);
-  let at = 0;
-  for (const c of chunks) {
-    out.set(c, at);
-    at += c.length;
-  }
-  return out;
 }
 
 /** Regroups a byte stream into copies of exactly `size` bytes (the last may be shorter; empty chunks vanish). */
