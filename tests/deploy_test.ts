@@ -8,7 +8,7 @@ import { assert, assertEquals, assertMatch, assertStringIncludes } from "./asser
 import { startContainerd } from "./harness/containerd.ts";
 import { buildHandlerImage } from "./harness/images.ts";
 import { leftovers, NONE, startTestPlatform, type TestPlatform } from "./harness/platform.ts";
-import { importImage } from "../lib/images/import.ts";
+import { importImage, LABEL_LEASE } from "../lib/images/import.ts";
 import tar from "tar-stream";
 
 async function fileBody(path: string): Promise<ReadableStream<Uint8Array>> {
@@ -221,10 +221,13 @@ Deno.test("the registry survives a restart of the platform, which reaps orphaned
     name: "orphan",
     maxBytes: 1 << 30,
   });
+  // And as if one died midway through an import: its lease is still there.
+  await p.client.createLease({ labels: { [LABEL_LEASE]: "import" } });
   assertEquals((await p.client.listImages()).length, 2);
   await using again = await startTestPlatform(ctd, { stateDir: p.stateDir, namespace: p.namespace, pool: p.pool });
   assertEquals(await (await again.request("GET", "/api/ip/keep")).json(), { name: "keep", ip: r.json.ip });
   const images = (await again.client.listImages()).map((i) => i.name);
   assertEquals(images, [again.platform.registry.get("keep")!.image!.containerdName]);
   assertEquals(await again.client.contentInfo(orphan.manifestDigest), null);
+  assertEquals(await leftovers(again.client), NONE);
 });
