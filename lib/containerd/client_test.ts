@@ -35,10 +35,13 @@ Deno.test("Containerd.version() answers with the daemon's version", async () => 
 Deno.test("Containerd.writeBlob() streams a source into the content store and commits it", async () => {
   using c = client();
   const data = randomBytes(3 * 1024 * 1024 + 123);
+  // Held by a lease: an unreferenced blob goes at the next GC, which any other test's deletion may start.
+  const lease = await c.createLease();
   const written = await c.writeBlob(chunks(data, 50_000), {
     ref: "test-write",
     total: data.length,
     labels: { "faasd.test": "yes" },
+    lease,
   });
   assertEquals(written, { digest: sha256(data), size: data.length });
   const info = await c.contentInfo(written.digest);
@@ -49,6 +52,7 @@ Deno.test("Containerd.writeBlob() streams a source into the content store and co
   assertEquals(await c.listIngests(), []);
   await c.deleteContent(written.digest);
   assertEquals(await c.contentInfo(written.digest), null);
+  await c.deleteLease(lease);
 });
 
 Deno.test("Containerd.writeBlob() aborts the ingest on a digest mismatch", async () => {
@@ -81,24 +85,28 @@ Deno.test("Containerd.writeBlob() aborts the ingest when the source fails and re
 Deno.test("Containerd.writeBlob() returns an existing blob and adds it to the lease", async () => {
   using c = client();
   const data = randomBytes(10_000);
-  const first = await c.writeBlob([data], { ref: "test-first" });
+  const holder = await c.createLease();
+  const first = await c.writeBlob([data], { ref: "test-first", lease: holder });
   const lease = await c.createLease();
   // Known digest: containerd answers at once; unknown: at commit.
   assertEquals(await c.writeBlob([data], { ref: "test-again", expected: first.digest, lease }), first);
-  assertEquals(await c.writeBlob([data], { ref: "test-again2" }), first);
+  assertEquals(await c.writeBlob([data], { ref: "test-again2", lease: holder }), first);
   assertEquals(await c.listLeaseResources(lease), [{ id: first.digest, type: "content" }]);
   assertEquals(await c.listIngests(), []);
-  // Held by nothing else, the blob goes with the lease.
+  // Held by nothing else, the blob goes with the leases.
+  await c.deleteLease(holder);
   await c.deleteLease(lease, { sync: true });
   assertEquals(await c.contentInfo(first.digest), null);
 });
 
 Deno.test("Containerd.updateContentLabels() merges labels and removes empty ones", async () => {
   using c = client();
-  const { digest } = await c.writeBlob([randomBytes(100)], { ref: "test-labels", labels: { a: "1", b: "2" } });
+  const lease = await c.createLease();
+  const { digest } = await c.writeBlob([randomBytes(100)], { ref: "test-labels", labels: { a: "1", b: "2" }, lease });
   const info = await c.updateContentLabels(digest, { b: "", c: "3" });
   assertEquals(info.labels, { a: "1", c: "3" });
   await c.deleteContent(digest);
+  await c.deleteLease(lease);
 });
 
 Deno.test("Containerd.deleteLease() with sync collects what only the lease held", async () => {
@@ -116,9 +124,11 @@ Deno.test("Containerd.deleteLease() with sync collects what only the lease held"
 
 Deno.test("Containerd image records can be created, read, updated, listed and deleted", async () => {
   using c = client();
-  const a = await c.writeBlob([new TextEncoder().encode("{}")], { ref: "test-img-a" });
+  const lease = await c.createLease();
+  const a = await c.writeBlob([new TextEncoder().encode("{}")], { ref: "test-img-a", lease });
   const target = { mediaType: "application/vnd.oci.image.manifest.v1+json", digest: a.digest, size: a.size };
   const created = await c.createImage({ name: "faasd.local/test:1", target, labels: { x: "1" } });
+  await c.deleteLease(lease); // the image record holds the blob now
   assertEquals(created.target, target);
   const dup = await assertRejects(() => c.createImage({ name: "faasd.local/test:1", target }));
   assert(isAlreadyExists(dup));
@@ -248,8 +258,10 @@ Deno.test("Containerd keeps working after containerd restarts", async () => {
   await c.version();
   await ctd.restart();
   assertMatch((await c.version()).version, /^1\./);
-  const { digest } = await c.writeBlob([randomBytes(1000)], { ref: "test-after-restart" });
+  const lease = await c.createLease();
+  const { digest } = await c.writeBlob([randomBytes(1000)], { ref: "test-after-restart", lease });
   await c.deleteContent(digest);
+  await c.deleteLease(lease);
 });
 
 Deno.test("Containerd calls fail with Unavailable when containerd is not there", async () => {
