@@ -42,7 +42,11 @@ export const FLAGS = {
   "namespace": { env: "FAASD_NAMESPACE", default: "faasd", help: "containerd namespace" },
   "runtime": { env: "FAASD_RUNTIME", default: "runc", help: "OCI runtime binary for the runc v2 shim (runc, crun…)" },
   "snapshotter": { env: "FAASD_SNAPSHOTTER", default: "overlayfs", help: "containerd snapshotter" },
-  "max-image-size": { env: "FAASD_MAX_IMAGE_SIZE", default: "2GiB", help: "largest accepted image upload" },
+  "max-image-size": {
+    env: "FAASD_MAX_IMAGE_SIZE",
+    default: "2GiB",
+    help: "largest image: its tar plus what its compressed layers inflate to",
+  },
   "connect-timeout": {
     env: "FAASD_CONNECT_TIMEOUT",
     default: "5s",

@@ -3,6 +3,7 @@
  * layers, gzipped archive) and broken ones, each of which must fail clearly and leave nothing behind.
  */
 
+import zlib from "node:zlib";
 import tar from "tar-stream";
 import { assert, assertEquals, assertMatch, assertRejects } from "./assert.ts";
 import { startContainerd, testNamespace } from "./harness/containerd.ts";
@@ -412,6 +413,40 @@ Deno.test("importImage() stops a gzip bomb at maxBytes of inflated tar", async (
   // 256 MiB of zeros gzip to ~256 KiB: the limit applies to what the archive inflates to.
   const zeros = new Uint8Array(256 * 1024 * 1024);
   await assertFails(gzip(zeros), /larger than the limit/, { maxBytes: 8 << 20, cls: ImageTooLargeError });
+});
+
+/** The hello image with its layer replaced by `layer` (named `bomb.tar.*`); the config's diff id no longer fits. */
+async function withLayer(layer: Uint8Array, ext: string): Promise<Uint8Array> {
+  const files = await dockerArchive();
+  const [entry] = manifestOf(files);
+  const kept = files.filter((f) => f.header.type === "file" && !entry!.Layers.includes(f.header.name));
+  const name = `bomb.tar.${ext}`;
+  return await packTar(replaceManifest([...kept, file(name, layer)], [{ ...entry, Layers: [name] }]));
+}
+
+Deno.test("importImage() stops a gzip layer that would unpack past maxBytes", async () => {
+  // 64 MiB of zeros in a layer gzip to ~64 KiB; the archive itself is far under the limit.
+  const layer = await gzip(await packTar([file("zeros", new Uint8Array(64 << 20))]));
+  assert(layer.length < 1 << 20);
+  await assertFails(withLayer(layer, "gz"), /unpacks to more than the limit/, {
+    maxBytes: 8 << 20,
+    cls: ImageTooLargeError,
+  });
+});
+
+Deno.test("importImage() stops a zstd layer that would unpack past maxBytes", async () => {
+  const layer = zlib.zstdCompressSync(await packTar([file("zeros", new Uint8Array(64 << 20))]));
+  assert(layer.length < 1 << 20);
+  await assertFails(withLayer(layer, "zst"), /unpacks to more than the limit/, {
+    maxBytes: 8 << 20,
+    cls: ImageTooLargeError,
+  });
+});
+
+Deno.test("importImage() rejects a layer that claims gzip but does not inflate", async () => {
+  const junk = crypto.getRandomValues(new Uint8Array(32 * 1024));
+  junk.set([0x1f, 0x8b, 8, 0]);
+  await assertFails(withLayer(junk, "gz"), /bomb\.tar\.gz is not valid gzip/);
 });
 
 Deno.test("importImage() abandons an upload that stalls", async () => {

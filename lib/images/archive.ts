@@ -13,7 +13,8 @@
 import { Buffer } from "node:buffer";
 import tar from "tar-stream";
 import { Code, type Containerd, ContainerdError } from "../containerd/client.ts";
-import { ImageImportError, ImageTooLargeError } from "./errors.ts";
+import { ImageImportError } from "./errors.ts";
+import { InflateMeter, SizeBudget } from "./inflate.ts";
 import { detectCompression } from "./mediatypes.ts";
 
 /** Index files of docker-archive and OCI layout, kept in memory and never written as blobs. */
@@ -65,7 +66,7 @@ export interface IngestOptions {
   lease: string;
   /** Prefix of the ingest refs, unique per import. */
   refPrefix: string;
-  /** Limit of the tar stream's size in bytes. */
+  /** Limit in bytes of the tar stream plus what its compressed blobs inflate to. */
   maxBytes: number;
   /** Limit of the number of entries. */
   maxEntries: number;
@@ -76,7 +77,7 @@ export interface IngestOptions {
 /**
  * Streams `body` (a tar, or a gzipped tar) into the content store.
  *
- * @throws {ImageTooLargeError} once more than `maxBytes` bytes of tar arrive.
+ * @throws {ImageTooLargeError} once the tar bytes plus what compressed blobs inflate to pass `maxBytes`.
  * @throws {ImageImportError} for anything that is not a well-formed, safe archive (`kind: "invalid"`).
  * @throws {ContainerdError} when containerd fails; an ingest in progress is aborted first.
  */
@@ -89,7 +90,8 @@ export async function ingestArchive(
   const indexFiles = new Map<string, Uint8Array>();
   const stop = new AbortController();
   const extract = tar.extract();
-  const feeder = feed(extract, body, options.maxBytes, options.stallMs ?? STALL_MS, stop.signal);
+  const budget = new SizeBudget(options.maxBytes);
+  const feeder = feed(extract, body, budget, options.stallMs ?? STALL_MS, stop.signal);
   // Its failure reaches us through the parser too; this only keeps it from counting as unhandled meanwhile.
   feeder.catch(() => {});
   let count = 0;
@@ -104,6 +106,7 @@ export async function ingestArchive(
         ref: `${options.refPrefix}-${count}`,
         lease: options.lease,
         keepJson: jsonKept < JSON_BUDGET,
+        budget,
       });
       // Whatever the handler left unread goes too, so that the parser moves on (and reports truncation here).
       while (!(await it.next()).done);
@@ -128,7 +131,7 @@ async function readEntry(
   client: Containerd,
   header: tar.Header,
   it: AsyncIterator<Uint8Array>,
-  options: { ref: string; lease: string; keepJson: boolean },
+  options: { ref: string; lease: string; keepJson: boolean; budget: SizeBudget },
 ): Promise<EntryResult> {
   const name = normalizeEntryName(header.name);
   const type = header.type ?? "file";
@@ -144,17 +147,25 @@ async function readEntry(
   let head = new Uint8Array(0);
   let seen = 0;
   const kept: Uint8Array[] | null = options.keepJson && size <= MAX_JSON_BYTES ? [] : null;
+  // A blob that looks compressed is inflated alongside, to charge what it unpacks to.
+  using meter = new InflateMeter(options.budget, name);
   // Reads through `it` without ever closing it: the caller still owns (and drains) the entry after the write.
   const observed = (async function* () {
     for (;;) {
       const next = await it.next();
-      if (next.done) return;
+      if (next.done) break;
       const chunk = next.value;
       if (head.length < 4) head = Uint8Array.from([...head, ...chunk.subarray(0, 4 - head.length)]);
       seen += chunk.length;
       kept?.push(chunk);
+      const inflating = meter.write(chunk);
+      inflating.catch(() => {}); // awaited below, unless the write failed meanwhile
+      // containerd takes the chunk while it inflates here.
       yield chunk;
+      await inflating;
     }
+    // Counted whole before the blob is committed.
+    await meter.end();
   })();
   let written;
   try {
@@ -165,6 +176,7 @@ async function readEntry(
       expected: expected ? `sha256:${expected}` : undefined,
     });
   } catch (err) {
+    if (err instanceof ImageImportError) throw err;
     if (err instanceof ContainerdError && (err.code === Code.FailedPrecondition || err.code === Code.InvalidArgument)) {
       throw new ImageImportError(`archive entry ${name} does not match its name's digest or size`, { cause: err });
     }
@@ -229,7 +241,7 @@ function slicer(size: number): TransformStream<Uint8Array, Uint8Array> {
 async function feed(
   extract: tar.Extract,
   body: ReadableStream<Uint8Array>,
-  maxBytes: number,
+  budget: SizeBudget,
   stallMs: number,
   signal: AbortSignal,
 ): Promise<number> {
@@ -287,7 +299,7 @@ async function feed(
       }
       if (next.done || signal.aborted) break;
       total += next.value.length;
-      if (total > maxBytes) throw new ImageTooLargeError(maxBytes);
+      budget.charge(next.value.length);
       const buffer = Buffer.from(next.value.buffer, next.value.byteOffset, next.value.byteLength);
       if (!extract.write(buffer)) await writable(extract);
     }

@@ -26,8 +26,14 @@ export class ImageTooLargeError extends ImageImportError {
   /** The limit in bytes. */
   readonly maxBytes: number;
 
-  constructor(maxBytes: number, options?: ErrorOptions) {
-    super(`image archive is larger than the limit of ${maxBytes} bytes`, { ...options, kind: "too-large" });
+  /** `unpacked`: the limit was passed by what compressed layers inflate to, not by the upload itself. */
+  constructor(maxBytes: number, options?: ErrorOptions & { unpacked?: boolean }) {
+    super(
+      options?.unpacked
+        ? `image unpacks to more than the limit of ${maxBytes} bytes (its compressed layers inflate past it)`
+        : `image archive is larger than the limit of ${maxBytes} bytes`,
+      { ...options, kind: "too-large" },
+    );
     this.name = "ImageTooLargeError";
     this.maxBytes = maxBytes;
   }
