@@ -9,6 +9,7 @@ import { startContainerd } from "./harness/containerd.ts";
 import { buildHandlerImage } from "./harness/images.ts";
 import { leftovers, NONE, startTestPlatform, type TestPlatform } from "./harness/platform.ts";
 import { importImage, LABEL_LEASE } from "../lib/images/import.ts";
+import { curl } from "./curl.ts";
 import tar from "tar-stream";
 
 async function fileBody(path: string): Promise<ReadableStream<Uint8Array>> {
@@ -230,4 +231,30 @@ Deno.test("the registry survives a restart of the platform, which reaps orphaned
   assertEquals(images, [again.platform.registry.get("keep")!.image!.containerdName]);
   assertEquals(await again.client.contentInfo(orphan.manifestDigest), null);
   assertEquals(await leftovers(again.client), NONE);
+});
+
+Deno.test("a delete that cannot remove the image keeps the function served, and can be retried", async () => {
+  await using ctd = await startContainerd();
+  await using p = await startTestPlatform(ctd);
+  const r = await deploy(p, "sticky", await fileBody(await buildHandlerImage("hello")));
+  assertEquals(r.status, 201);
+  const url = `http://${r.json.ip}:${p.port}/`;
+  assertEquals((await curl(url)).status, 200);
+
+  await ctd.restart(async () => {
+    const res = await p.request("DELETE", "/api/functions/sticky");
+    assertEquals(res.status, 503);
+    assertMatch((await res.json()).error, /containerd/);
+  });
+  // Nothing was given up: the registry entry, its address and its listener are all still there.
+  assertEquals(await (await p.request("GET", "/api/ip/sticky")).json(), { name: "sticky", ip: r.json.ip });
+  const again = await curl(url);
+  assertEquals([again.exit, again.status, again.body], [0, 200, "hello from faasd\n"]);
+
+  assertEquals((await p.request("DELETE", "/api/functions/sticky")).status, 200);
+  assertEquals(await (await p.request("GET", "/api/list")).json(), {});
+  assertEquals(await p.client.listImages(), []);
+  // The requests' containers are removed after their clients were answered.
+  for (let i = 0; i < 100 && p.platform.server.inflight > 0; i++) await new Promise((r) => setTimeout(r, 100));
+  assertEquals(await leftovers(p.client), NONE);
 });

@@ -23,11 +23,12 @@ export interface ContainerdInstance extends AsyncDisposable {
   /** Stops the daemon and the shims it started, unmounts what is left, removes the temp dir. Idempotent. */
   stop(): Promise<void>;
   /**
-   * Stops the daemon (its shims keep running) and starts it again on the same socket, root and state.
+   * Stops the daemon (its shims keep running) and starts it again on the same socket, root and state; `whileDown`
+   * runs in between, when nothing answers on the socket.
    *
    * @throws {Error} for an external daemon.
    */
-  restart(): Promise<void>;
+  restart(whileDown?: () => Promise<void>): Promise<void>;
   /** A client of namespace `namespace` on this daemon. */
   client(namespace: string): Containerd;
 }
@@ -144,10 +145,14 @@ class PrivateContainerd implements ContainerdInstance {
     }
   }
 
-  async restart(): Promise<void> {
+  async restart(whileDown?: () => Promise<void>): Promise<void> {
     if (this.#stopped) throw new Error("containerd was stopped");
     await this.#terminate();
-    await this.#spawn();
+    try {
+      await whileDown?.();
+    } finally {
+      await this.#spawn();
+    }
   }
 
   async stop(): Promise<void> {
