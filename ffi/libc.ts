@@ -60,6 +60,13 @@ const SYMBOLS = {
   },
   // int eventfd(unsigned int initval, int flags);
   eventfd: { parameters: ["u32", "i32"], result: "i32" },
+  // int mount(const char *source, const char *target, const char *filesystemtype, unsigned long mountflags,
+  //           const void *data);
+  // Synchronous on purpose: mounting existing read-only layers takes well under a millisecond, and errno must be
+  // read on the calling thread.
+  mount: { parameters: ["buffer", "buffer", "buffer", "u64", "buffer"], result: "i32" },
+  // int umount2(const char *target, int flags);
+  umount2: { parameters: ["buffer", "i32"], result: "i32" },
   // int *__errno_location(void);  (glibc: address of the calling thread's errno)
   __errno_location: { parameters: [], result: "pointer" },
   // char *strerror(int errnum);
@@ -119,3 +126,13 @@ export const EPOLLONESHOT = 1 << 30;
 // <sys/eventfd.h>
 export const EFD_NONBLOCK = 0o4000;
 export const EFD_CLOEXEC = 0o2000000;
+
+// <sys/mount.h>
+export const MS_RDONLY = 0x1;
+export const MS_NOSUID = 0x2;
+export const MS_NODEV = 0x4;
+export const MS_NOEXEC = 0x8;
+export const MS_REMOUNT = 0x20;
+export const MS_BIND = 0x1000;
+export const MS_REC = 0x4000;
+export const MNT_DETACH = 0x2;

@@ -12,7 +12,10 @@ export interface ProcessConfig {
   cmd: string[];
   env: string[];
   workingDir: string;
+  /** `USER` as the image states it. */
   user: string;
+  /** `user` resolved to ids against the image's files at deploy (absent in records of older deploys). */
+  resolvedUser?: { uid: number; gid: number; additionalGids: number[] };
 }
 
 /** Where the control socket appears inside the container (the handler contract). */
@@ -78,7 +81,7 @@ export function buildSpec(opts: SpecOptions): Record<string, unknown> {
     ociVersion: "1.0.2-dev",
     process: {
       terminal: false,
-      user: parseUser(opts.process.user),
+      user: opts.process.resolvedUser ?? parseUser(opts.process.user),
       args,
       env,
       cwd: opts.process.workingDir || "/",

@@ -177,7 +177,7 @@ Deno.test("POST /api/new refuses bad input with a clear error and leaves nothing
       status: 400,
       error: "manifest",
     },
-    { what: "an image whose USER is a name", body: namedUser, status: 400, error: "not numeric" },
+    { what: "an image whose USER is not in its /etc/passwd", body: namedUser, status: 400, error: "/etc/passwd" },
     { what: "a missing X-Image-Name header", name: "", body: good, status: 400, error: "X-Image-Name" },
     { what: "an invalid name", name: "Bad_Name", body: good, status: 400, error: "invalid function name" },
     { what: "an empty body", body: null, status: 400, error: "empty body" },

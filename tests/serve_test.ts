@@ -6,12 +6,18 @@
 
 import { assert, assertEquals, assertMatch, assertStringIncludes } from "./assert.ts";
 import { startContainerd } from "./harness/containerd.ts";
-import { buildHandlerImage } from "./harness/images.ts";
+import { buildHandlerImage, type HandlerImageOptions } from "./harness/images.ts";
 import { leftovers, NONE, openFds, startTestPlatform, type TestPlatform } from "./harness/platform.ts";
 import { curl, type CurlResult } from "./curl.ts";
 
-async function deployMode(p: TestPlatform, name: string, mode: string, env?: Record<string, string>): Promise<string> {
-  const tarball = await buildHandlerImage(mode, env ? { env } : {});
+async function deployMode(
+  p: TestPlatform,
+  name: string,
+  mode: string,
+  env?: Record<string, string>,
+  options: HandlerImageOptions = {},
+): Promise<string> {
+  const tarball = await buildHandlerImage(mode, { ...options, ...(env ? { env } : {}) });
   const res = await p.request("POST", "/api/new", {
     headers: { "x-image-name": name },
     body: (await Deno.open(tarball)).readable,
@@ -202,8 +208,11 @@ Deno.test("requests in flight finish across a delete, a redeploy and a container
     const url = await upload("rolling", await buildHandlerImage("hello"));
     const results: Promise<CurlResult>[] = [];
     let deploying = true;
+    // A steady stream with at most 8 in flight: on a loaded machine requests slow down, and an unbounded stream
+    // would run into the concurrency limit (503) rather than test the redeploy.
     const traffic = (async () => {
       while (deploying) {
+        if (results.length >= 8) await results[results.length - 8];
         results.push(curl(url));
         await new Promise((r) => setTimeout(r, 40));
       }
@@ -251,4 +260,51 @@ Deno.test("the OCI runtime is configurable; one that fails is answered 502 and l
       assertEquals([...Deno.readDirSync(`${p.stateDir}/run`)].length, 0);
     });
   }
+});
+
+Deno.test("the image's USER is resolved through its own /etc/passwd and /etc/group", async (t) => {
+  await using ctd = await startContainerd();
+  await using p = await startTestPlatform(ctd);
+  const files = {
+    "etc/passwd": "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n",
+    "etc/group": "root:x:0:\napp:x:1000:\nstaff:x:50:app\naudio:x:63:app\n",
+  };
+  let deployed = 0;
+  const ids = async (user: string) => {
+    const url = await deployMode(p, `whoami-${++deployed}`, "echo-env", undefined, { files, user });
+    const r = await curl(url);
+    assertEquals([r.exit, r.status], [0, 200], r.body);
+    const { uid, gid, groups } = JSON.parse(r.body);
+    return { uid, gid, groups };
+  };
+
+  await t.step("a name runs as its uid, primary group and supplementary groups", async () => {
+    assertEquals(await ids("app"), { uid: 1000, gid: 1000, groups: [50, 63] });
+  });
+
+  await t.step("a name with a group runs with that group only", async () => {
+    assertEquals(await ids("app:staff"), { uid: 1000, gid: 50, groups: [] });
+  });
+
+  await t.step("a numeric uid takes its primary group from passwd", async () => {
+    assertEquals(await ids("1000"), { uid: 1000, gid: 1000, groups: [50, 63] });
+  });
+
+  await t.step("a user the image does not know is refused at deploy, leaving nothing", async () => {
+    const tarball = await buildHandlerImage("echo-env", { files, user: "ghost" });
+    const res = await p.request("POST", "/api/new", {
+      headers: { "x-image-name": "ghost" },
+      body: (await Deno.open(tarball)).readable,
+    });
+    assertEquals(res.status, 400);
+    assertStringIncludes((await res.json()).error, `"ghost" is not in the image's /etc/passwd`);
+  });
+
+  await t.step("the lookups left no view, mount or directory behind", async () => {
+    await settled(p);
+    const snapshots = (await p.client.listSnapshots("overlayfs")).filter((s) => s.kind !== "committed");
+    assertEquals(snapshots.map((s) => s.name), []);
+    assertEquals(Deno.readTextFileSync("/proc/self/mountinfo").includes("faasd-rootfs-"), false);
+    assertEquals(await leftovers(p.client), NONE);
+  });
 });

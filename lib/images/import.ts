@@ -16,7 +16,7 @@ import { ingestArchive } from "./archive.ts";
 import { ImageImportError } from "./errors.ts";
 import { type ProcessConfig, resolveImage } from "./manifest.ts";
 import { unpackLayers } from "./unpack.ts";
-import { parseUser } from "../spec.ts";
+import { type ResolvedUser, resolveImageUser, type ResolveUserOptions } from "./user.ts";
 
 export { ImageImportError, type ImageImportErrorKind, ImageTooLargeError } from "./errors.ts";
 export type { ProcessConfig } from "./manifest.ts";
@@ -135,6 +135,15 @@ export async function importImage(
       await client.updateContentLabels(layer.digest, { "containerd.io/uncompressed": image.diffIds[i]! });
     }
     checkRunnable(image.process);
+    const process = {
+      ...image.process,
+      resolvedUser: await resolveUser(client, image.process.user, {
+        snapshotter,
+        chainId,
+        lease,
+        key: `faasd-user-${id}`,
+      }),
+    };
     const imageRef = image.imageRef ?? name;
     const record = {
       name: containerdImageName(name, image.manifest.digest),
@@ -155,7 +164,7 @@ export async function importImage(
       manifestDigest: image.manifest.digest,
       configDigest: image.config.digest,
       chainId,
-      config: image.process,
+      config: process,
     };
   } catch (err) {
     await body.cancel().catch(() => {});
@@ -180,15 +189,24 @@ export async function removeImage(client: Containerd, containerdName: string): P
   }
 }
 
-/** Refuses at deploy time an image that no request could run: no command, or a user faasd cannot resolve. */
+/** Refuses at deploy time an image that no request could run: no command. */
 function checkRunnable(process: ProcessConfig): void {
   if (process.entrypoint.length + process.cmd.length === 0) {
     throw new ImageImportError("the image has neither ENTRYPOINT nor CMD: nothing to run");
   }
+}
+
+/** Resolves the image's USER; one the image's files cannot resolve is the uploader's mistake (400). */
+async function resolveUser(
+  client: Containerd,
+  user: string,
+  options: ResolveUserOptions,
+): Promise<ResolvedUser> {
   try {
-    parseUser(process.user);
+    return await resolveImageUser(client, user, options);
   } catch (err) {
-    throw new ImageImportError((err as Error).message, { cause: err });
+    if (err instanceof TypeError) throw new ImageImportError(err.message, { cause: err });
+    throw err;
   }
 }
 

@@ -62,6 +62,8 @@ export interface HandlerImageOptions {
   user?: string;
   /** Extra CMD arguments after the mode, e.g. `["2048"]` for mode `big`. */
   args?: string[];
+  /** Extra files of the image by relative path, e.g. `{ "etc/passwd": "…" }`; paths of `[A-Za-z0-9._/-]`. */
+  files?: Record<string, string>;
 }
 
 /** Options of {@linkcode buildPaddedImage}. */
@@ -169,6 +171,7 @@ export function buildHandlerImage(mode: string, opts: HandlerImageOptions = {}):
     containerfileBody = [
       ...envLines(opts.env ?? {}),
       ...(opts.workdir === undefined ? [] : [workdirLine(opts.workdir)]),
+      ...(opts.files === undefined ? [] : ["COPY files/ /"]),
       ...(opts.user === undefined ? [] : [userLine(opts.user)]),
       `CMD ${JSON.stringify([mode, ...(opts.args ?? [])])}`,
     ].join("\n");
@@ -176,11 +179,12 @@ export function buildHandlerImage(mode: string, opts: HandlerImageOptions = {}):
     return Promise.reject(err);
   }
   return cached(
-    { kind: "handler", mode, format: opts.format, tag: opts.tag, body: containerfileBody },
+    { kind: "handler", mode, format: opts.format, tag: opts.tag, body: containerfileBody, files: opts.files },
     (key) => ({
       format: opts.format ?? "docker-archive",
       tag: opts.tag ?? `localhost/faasd-test-${mode}:${key.slice(0, 12)}`,
       containerfile: containerfileBody,
+      files: opts.files,
     }),
   );
 }
@@ -223,6 +227,8 @@ interface BuildPlan {
   containerfile: string;
   /** Size of a random file `padding` to place in the build context. */
   paddingMiB?: number;
+  /** Files to place under `files/` in the build context. */
+  files?: Record<string, string>;
 }
 
 /** Returns the cached tarball for `identity`, building it with `plan(key)` when absent. */
@@ -247,6 +253,13 @@ async function buildCached(key: string, binary: string, plan: BuildPlan): Promis
   try {
     await Deno.copyFile(binary, join(context, "handler"));
     if (plan.paddingMiB) await writeRandomFile(join(context, "padding"), plan.paddingMiB);
+    for (const [path, text] of Object.entries(plan.files ?? {})) {
+      if (!/^[A-Za-z0-9._-]+(\/[A-Za-z0-9._-]+)*$/.test(path) || path.split("/").includes("..")) {
+        throw new TypeError(`image file path ${JSON.stringify(path)} is not a plain relative path`);
+      }
+      await Deno.mkdir(join(context, "files", path, ".."), { recursive: true });
+      await Deno.writeTextFile(join(context, "files", path), text);
+    }
     await Deno.writeTextFile(
       join(context, "Containerfile"),
       `FROM scratch\nCOPY handler /handler\nENTRYPOINT ["/handler"]\n${plan.containerfile}\n`,
