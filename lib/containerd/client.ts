@@ -355,13 +355,12 @@ export class Containerd {
       }
       if (isAlreadyExists(err)) {
         // The blob is there already (containerd answers so on the first message when `expected` is known, else on
-        // commit). Hold it in the lease too: until our own references exist, nothing else may keep it from GC.
+        // commit). Hold it in the lease too: until our own references exist, nothing else may keep it from GC. The
+        // lease comes first: a collection of whatever used the blob may be under way until the lease holds it.
         const digest = complete ? `sha256:${hash.digest("hex")}` : expected;
+        if (digest && lease) await this.addLeaseResource(lease, { type: "content", id: digest });
         const info = digest ? await this.contentInfo(digest) : null;
-        if (info) {
-          if (lease) await this.addLeaseResource(lease, { type: "content", id: info.digest });
-          return { digest: info.digest, size: info.size };
-        }
+        if (info) return { digest: info.digest, size: info.size };
       }
       await this.abortIngest(ref).catch(() => {});
       throw err;

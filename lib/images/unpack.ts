@@ -40,44 +40,72 @@ export async function unpackLayers(
   const chain = chainIds(diffIds);
   const { snapshotter, lease } = options;
   const resource = (id: string) => ({ type: `snapshots/${snapshotter}`, id });
+  /**
+   * Holds the existing snapshot `name` in the lease; false when it is gone. The lease is added before the check: a
+   * garbage collection of an image that used it may be under way, and only once the lease holds it is it safe.
+   */
+  const hold = async (name: string) => {
+    await client.addLeaseResource(lease, resource(name));
+    return await client.statSnapshot(snapshotter, name) !== null;
+  };
   let parent = "";
   for (const [i, layer] of layers.entries()) {
     const name = chain[i]!;
     if (await client.statSnapshot(snapshotter, name) && await verifiedBefore(client, layer, diffIds[i]!)) {
-      // Already unpacked (another function, an earlier deploy): hold it until the image references it.
-      await client.addLeaseResource(lease, resource(name));
-      parent = name;
-      continue;
+      // Already unpacked (another function, an earlier deploy): held until the image references it.
+      if (await hold(name)) {
+        parent = name;
+        continue;
+      }
     }
     // Not unpacked yet, or this upload's layer is not known to be what the existing snapshot holds: a chain id is
     // only the uploader's claim, so the layer is applied and checked (a commit that finds the chain then reuses it).
-    const key = `${options.keyPrefix}-${i}-${name}`;
-    const mounts = await client.prepareSnapshot(snapshotter, key, parent, { lease });
-    try {
-      let applied: Descriptor;
-      try {
-        applied = await client.applyDiff(layer, mounts, { lease });
-      } catch (err) {
-        if (isUnavailable(err)) throw err;
-        throw new ImageImportError(`layer ${i + 1} (${layer.digest}) could not be unpacked: ${errorText(err)}`, {
-          cause: err,
-        });
-      }
-      if (applied.digest !== diffIds[i]) {
-        throw new ImageImportError(
-          `layer ${i + 1} unpacks to ${applied.digest}, but the image config says ${diffIds[i]}`,
-        );
-      }
-      await client.commitSnapshot(snapshotter, name, key, { lease, labels: options.labels });
-    } catch (err) {
-      await client.removeSnapshot(snapshotter, key).catch(() => {});
-      // A concurrent import of the same layers committed first: use theirs.
-      if (!isAlreadyExists(err)) throw err;
-      await client.addLeaseResource(lease, resource(name));
+    for (let attempt = 1;; attempt++) {
+      if (await applyLayer(client, layer, diffIds[i]!, i, name, parent, options) || await hold(name)) break;
+      // Committed by someone else, then collected before we held it: apply it again.
+      if (attempt === 3) throw new ImageImportError(`layer ${i + 1} (${layer.digest}) kept vanishing while unpacked`);
     }
     parent = name;
   }
   return parent;
+}
+
+/**
+ * Applies `layer` on `parent` and commits it as `name`. True when committed here; false when the commit found `name`
+ * existing (a concurrent import of the same layers was first).
+ */
+async function applyLayer(
+  client: Containerd,
+  layer: Descriptor,
+  diffId: string,
+  i: number,
+  name: string,
+  parent: string,
+  options: UnpackOptions,
+): Promise<boolean> {
+  const { snapshotter, lease } = options;
+  const key = `${options.keyPrefix}-${i}-${name}`;
+  const mounts = await client.prepareSnapshot(snapshotter, key, parent, { lease });
+  try {
+    let applied: Descriptor;
+    try {
+      applied = await client.applyDiff(layer, mounts, { lease });
+    } catch (err) {
+      if (isUnavailable(err)) throw err;
+      throw new ImageImportError(`layer ${i + 1} (${layer.digest}) could not be unpacked: ${errorText(err)}`, {
+        cause: err,
+      });
+    }
+    if (applied.digest !== diffId) {
+      throw new ImageImportError(`layer ${i + 1} unpacks to ${applied.digest}, but the image config says ${diffId}`);
+    }
+    await client.commitSnapshot(snapshotter, name, key, { lease, labels: options.labels });
+    return true;
+  } catch (err) {
+    await client.removeSnapshot(snapshotter, key).catch(() => {});
+    if (!isAlreadyExists(err)) throw err;
+    return false;
+  }
 }
 
 /**
