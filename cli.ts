@@ -4,7 +4,8 @@
  *     deno task faas [--url URL] new IMAGE [--name N] [--tar FILE]
  *     deno task faas [--url URL] ip NAME | list [--json] | delete NAME | logs NAME [-f]
  *
- * `FAAS_URL` is the default for `--url` (else http://127.0.0.1:8080). Every failure prints one line and exits 1.
+ * `FAAS_URL` is the default for `--url` (else http://127.0.0.1:8080), `FAAS_TOKEN` for `--token`. Every failure
+ * prints one line and exits 1.
  *
  * @module
  */
@@ -13,7 +14,7 @@ import { parseArgs } from "node:util";
 import { nameFromImage } from "./lib/names.ts";
 import { upload, type UploadAnswer } from "./lib/client/upload.ts";
 
-const USAGE = `Usage: faas [--url URL] <command> [options]
+const USAGE = `Usage: faas [--url URL] [--token TOKEN] <command> [options]
 
 Commands:
   new IMAGE [--name N] [--tar FILE]  deploy a local image (docker save / podman save streamed to faasd), print its IP
@@ -23,8 +24,9 @@ Commands:
   logs NAME [-f]                     print a function's container output; -f follows it
 
 Options:
-  --url URL   faasd control API (env FAAS_URL, default http://127.0.0.1:8080)
-  --help      help for faas or for a command
+  --url URL      faasd control API (env FAAS_URL, default http://127.0.0.1:8080)
+  --token TOKEN  API token, when faasd wants one (env FAAS_TOKEN; prefer the env variable)
+  --help         help for faas or for a command
 `;
 
 const COMMAND_HELP: Record<string, string> = {
@@ -44,14 +46,26 @@ faasd, which imports it into containerd and serves it on its own IP. Prints the 
 /** A failure to report as one line. */
 class CliError extends Error {}
 
-function baseUrl(url: string | undefined): string {
-  return (url ?? Deno.env.get("FAAS_URL") ?? "http://127.0.0.1:8080").replace(/\/+$/, "");
+/** The faasd API the CLI talks to. */
+interface Target {
+  url: string;
+  /** Headers every request carries (the API token's). */
+  headers: Record<string, string>;
 }
 
-async function call(url: string, path: string, init: RequestInit = {}): Promise<Response> {
+function target(url: string | undefined, token: string | undefined): Target {
+  const t = token ?? Deno.env.get("FAAS_TOKEN") ?? "";
+  return {
+    url: (url ?? Deno.env.get("FAAS_URL") ?? "http://127.0.0.1:8080").replace(/\/+$/, ""),
+    headers: t ? { authorization: `Bearer ${t}` } : {},
+  };
+}
+
+async function call(api: Target, path: string, init: RequestInit = {}): Promise<Response> {
+  const { url } = api;
   let res: Response;
   try {
-    res = await fetch(`${url}${path}`, init);
+    res = await fetch(`${url}${path}`, { ...init, headers: { ...api.headers, ...init.headers } });
   } catch (e) {
     const cause = (e as Error).cause instanceof Error ? ((e as Error).cause as Error).message : "";
     throw new CliError(`cannot reach faasd at ${url}: ${cause || (e as Error).message}`);
@@ -156,7 +170,7 @@ function exportImage(engine: string, image: string): ReadableStream<Uint8Array> 
   });
 }
 
-async function cmdNew(url: string, args: string[]): Promise<void> {
+async function cmdNew(api: Target, args: string[]): Promise<void> {
   const { values, positionals } = parseArgs({
     args,
     options: { name: { type: "string" }, tar: { type: "string" } },
@@ -182,14 +196,14 @@ async function cmdNew(url: string, args: string[]): Promise<void> {
   let answer: UploadAnswer;
   try {
     answer = await upload(
-      `${url}/api/new`,
-      { "x-image-name": name, "content-type": "application/x-tar" },
+      `${api.url}/api/new`,
+      { ...api.headers, "x-image-name": name, "content-type": "application/x-tar" },
       withProgress(body, total),
       total,
     );
   } catch (e) {
     if (e instanceof CliError) throw e; // the export failed: say why
-    throw new CliError(`cannot reach faasd at ${url}: ${(e as Error).message}`);
+    throw new CliError(`cannot reach faasd at ${api.url}: ${(e as Error).message}`);
   }
   const parsed = parseAnswer(answer.body);
   if (answer.status < 200 || answer.status > 299) {
@@ -206,29 +220,29 @@ function parseAnswer(text: string): { ip?: string; error?: string } | null {
   }
 }
 
-async function cmdIp(url: string, args: string[]): Promise<void> {
+async function cmdIp(api: Target, args: string[]): Promise<void> {
   const [name] = parseArgs({ args, allowPositionals: true }).positionals;
   if (!name) throw new CliError("faas ip needs a NAME");
-  console.log((await (await call(url, `/api/ip/${encodeURIComponent(name)}`)).json() as { ip: string }).ip);
+  console.log((await (await call(api, `/api/ip/${encodeURIComponent(name)}`)).json() as { ip: string }).ip);
 }
 
-async function cmdList(url: string, args: string[]): Promise<void> {
+async function cmdList(api: Target, args: string[]): Promise<void> {
   const { values } = parseArgs({ args, options: { json: { type: "boolean" } } });
-  const data = await (await call(url, "/api/list")).json() as Record<string, { ip: string; status: string }>;
+  const data = await (await call(api, "/api/list")).json() as Record<string, { ip: string; status: string }>;
   if (values.json) return console.log(JSON.stringify(data, null, 2));
   const rows = [["IMAGE", "IP", "STATUS"], ...Object.entries(data).map(([name, f]) => [name, f.ip, f.status])];
   const width = [0, 1].map((i) => Math.max(...rows.map((r) => r[i]!.length)) + 2);
   for (const r of rows) console.log(r[0]!.padEnd(width[0]!) + r[1]!.padEnd(width[1]!) + r[2]);
 }
 
-async function cmdDelete(url: string, args: string[]): Promise<void> {
+async function cmdDelete(api: Target, args: string[]): Promise<void> {
   const [name] = parseArgs({ args, allowPositionals: true }).positionals;
   if (!name) throw new CliError("faas delete needs a NAME");
-  await call(url, `/api/functions/${encodeURIComponent(name)}`, { method: "DELETE" });
+  await call(api, `/api/functions/${encodeURIComponent(name)}`, { method: "DELETE" });
   console.log(`deleted ${name}`);
 }
 
-async function cmdLogs(url: string, args: string[]): Promise<void> {
+async function cmdLogs(api: Target, args: string[]): Promise<void> {
   const { values, positionals } = parseArgs({
     args,
     options: { follow: { type: "boolean", short: "f" } },
@@ -236,11 +250,11 @@ async function cmdLogs(url: string, args: string[]): Promise<void> {
   });
   const name = positionals[0];
   if (!name) throw new CliError("faas logs needs a NAME");
-  const res = await call(url, `/api/logs/${encodeURIComponent(name)}${values.follow ? "?follow=1" : ""}`);
+  const res = await call(api, `/api/logs/${encodeURIComponent(name)}${values.follow ? "?follow=1" : ""}`);
   await res.body?.pipeTo(Deno.stdout.writable, { preventClose: true });
 }
 
-const COMMANDS: Record<string, (url: string, args: string[]) => Promise<void>> = {
+const COMMANDS: Record<string, (api: Target, args: string[]) => Promise<void>> = {
   new: cmdNew,
   ip: cmdIp,
   list: cmdList,
@@ -253,7 +267,7 @@ export async function main(argv: string[]): Promise<number> {
   try {
     const { values, positionals, tokens } = parseArgs({
       args: argv,
-      options: { url: { type: "string" }, help: { type: "boolean", short: "h" } },
+      options: { url: { type: "string" }, token: { type: "string" }, help: { type: "boolean", short: "h" } },
       allowPositionals: true,
       strict: false,
       tokens: true,
@@ -271,7 +285,7 @@ export async function main(argv: string[]): Promise<number> {
     }
     const run = COMMANDS[command];
     if (!run) throw new CliError(`unknown command ${JSON.stringify(command)}; see faas --help`);
-    await run(baseUrl(values.url as string | undefined), rest);
+    await run(target(values.url as string | undefined, values.token as string | undefined), rest);
     return 0;
   } catch (e) {
     const message = e instanceof Error ? e.message : String(e);

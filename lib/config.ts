@@ -24,6 +24,8 @@ export interface DaemonConfig {
   maxConcurrency: number;
   logMaxBytes: number;
   shutdownGraceMs: number;
+  /** Bearer token the control API requires; null: no authentication. */
+  apiToken: string | null;
 }
 
 interface FlagSpec {
@@ -59,12 +61,26 @@ export const FLAGS = {
     help: "containers one function may run at once; past it, 503",
   },
   "log-max-size": { env: "FAASD_LOG_MAX_SIZE", default: "10MiB", help: "size cap of each function's log file" },
+  "api-token": {
+    env: "FAASD_API_TOKEN",
+    default: "",
+    help: "when set, the API wants Authorization: Bearer TOKEN (all but /healthz); prefer the env variable",
+  },
   "shutdown-grace": {
     env: "FAASD_SHUTDOWN_GRACE",
     default: "10s",
     help: "how long SIGTERM waits for in-flight requests",
   },
 } as const satisfies Record<string, FlagSpec>;
+
+/** An API token: empty (no authentication) or 16+ visible ASCII characters. @throws {TypeError} */
+export function parseToken(text: string): string | null {
+  if (text === "") return null;
+  if (!/^[\x21-\x7e]{16,}$/.test(text)) {
+    throw new TypeError("--api-token must be at least 16 visible ASCII characters (e.g. openssl rand -hex 32)");
+  }
+  return text;
+}
 
 /** Parses `10s`, `500ms`, `2m` or a bare number of seconds into milliseconds. @throws {TypeError} */
 export function parseDuration(text: string, what: string): number {
@@ -153,5 +169,6 @@ export function parseDaemonConfig(
     maxConcurrency: parsePositiveInt(get("max-concurrency"), "--max-concurrency"),
     logMaxBytes: parseSize(get("log-max-size"), "--log-max-size"),
     shutdownGraceMs: parseDuration(get("shutdown-grace"), "--shutdown-grace"),
+    apiToken: parseToken(get("api-token")),
   };
 }

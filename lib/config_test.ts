@@ -13,6 +13,7 @@ Deno.test("parseDaemonConfig() uses the documented defaults", () => {
   assertEquals(c.connectTimeoutMs, 5000);
   assertEquals(c.requestTimeoutMs, 60000);
   assertEquals(c.runtime, "runc");
+  assertEquals(c.apiToken, null);
 });
 
 Deno.test("parseDaemonConfig() prefers flags over FAASD_* env over defaults", () => {
@@ -23,6 +24,15 @@ Deno.test("parseDaemonConfig() prefers flags over FAASD_* env over defaults", ()
   assertEquals(c.port, 9090);
   assertEquals(c.api, { hostname: "0.0.0.0", port: 9000 });
   assertEquals(c.requestTimeoutMs, 2000);
+});
+
+Deno.test("parseDaemonConfig() reads the API token from FAASD_API_TOKEN and refuses a weak one", () => {
+  const token = "0123456789abcdef0123";
+  const c = parseDaemonConfig([], (n) => n === "FAASD_API_TOKEN" ? token : undefined);
+  if (c === "help") throw new Error("unexpected help");
+  assertEquals(c.apiToken, token);
+  assertThrows(() => parseDaemonConfig(["--api-token", "short"], () => undefined), TypeError, "16 visible");
+  assertThrows(() => parseDaemonConfig(["--api-token", "has a space in it ok"], () => undefined), TypeError);
 });
 
 Deno.test("parseDaemonConfig() rejects unknown flags and bad values", () => {

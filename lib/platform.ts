@@ -133,6 +133,7 @@ export async function startPlatform(config: DaemonConfig, log: (message: string)
       maxImageBytes: config.maxImageBytes,
       logPath: (name) => logPath(stateDir, name),
       stopping: stopping.signal,
+      token: config.apiToken,
       probe: async () => ({ containerd: (await containerd.version()).version, functions: registry.list().length }),
     });
     let draining: Promise<void> | null = null;

@@ -159,3 +159,42 @@ Deno.test("faas drives a running faasd end to end", async (t) => {
     }
   });
 });
+
+Deno.test("with --api-token, faasd answers only requests that carry it, and faas sends FAAS_TOKEN", async (t) => {
+  await using ctd = await startContainerd();
+  const token = "t0ken-".padEnd(40, "x");
+  await using d = await startDaemon(ctd, { flags: ["--api-token", token] });
+  const tarball = await buildHandlerImage("hello");
+
+  await t.step("without the token the API answers 401, and an upload is not imported", async () => {
+    const list = await fetch(`${d.url}/api/list`);
+    assertEquals(list.status, 401);
+    assertEquals(list.headers.get("www-authenticate"), 'Bearer realm="faasd"');
+    assertStringIncludes((await list.json()).error, "API token");
+    const wrong = await fetch(`${d.url}/api/list`, { headers: { authorization: `Bearer ${token}y` } });
+    assertEquals(wrong.status, 401);
+    await wrong.body?.cancel();
+    const r = await faas(d.url, ["new", "--tar", tarball, "--name", "intruder"]);
+    assertEquals(r.code, 1);
+    assertStringIncludes(r.stderr, "(HTTP 401)");
+    assertEquals(r.stderr.trim().split("\n").length, 1, r.stderr);
+    const health = await fetch(`${d.url}/healthz`);
+    assertEquals(health.status, 200);
+    await health.body?.cancel();
+  });
+
+  await t.step("with FAAS_TOKEN the CLI deploys, lists and deletes", async () => {
+    const env = { FAAS_TOKEN: token };
+    const deployed = await faas(d.url, ["new", "--tar", tarball, "--name", "guarded"], env);
+    assertEquals(deployed.code, 0, deployed.stderr);
+    assertEquals((await curl(`http://${deployed.stdout.trim()}:${d.port}/`)).status, 200);
+    const list = await faas(d.url, ["list", "--json"], env);
+    assertEquals(Object.keys(JSON.parse(list.stdout)), ["guarded"]);
+    assertEquals((await faas(d.url, ["--token", token, "delete", "guarded"])).code, 0);
+  });
+
+  await t.step("nothing was imported for the refused upload", async () => {
+    using client = ctd.client(d.namespace);
+    assertEquals(await client.listImages(), []);
+  });
+});

@@ -8,6 +8,7 @@
 
 import type { Functions } from "../functions.ts";
 import type { Metrics } from "../metrics.ts";
+import { bearerAuth } from "./auth.ts";
 import { deleteFunction } from "./delete.ts";
 import { healthz } from "./healthz.ts";
 import { errorResponse, HttpError, json } from "./http.ts";
@@ -26,7 +27,12 @@ export interface ApiDeps {
   probe: () => Promise<Record<string, unknown>>;
   /** Aborts when the daemon stops: long answers (`logs -f`) end then. */
   stopping?: AbortSignal;
+  /** When set, every endpoint but `/healthz` wants `Authorization: Bearer <token>`. */
+  token?: string | null;
 }
+
+/** Endpoints answered without a token: health checks come from load balancers and init systems. */
+const OPEN_PATHS = new Set(["/healthz"]);
 
 type Route = {
   method: string;
@@ -51,8 +57,16 @@ export function createApi(deps: ApiDeps): (req: Request) => Promise<Response> {
     route("GET", "/metrics", metricsEndpoint(deps)),
   ];
 
+  const authorized = deps.token ? bearerAuth(deps.token) : () => true;
+
   return async (req: Request): Promise<Response> => {
     try {
+      // Before anything else, so that an upload's body is never read and no endpoint's existence is revealed.
+      if (!OPEN_PATHS.has(new URL(req.url).pathname) && !authorized(req)) {
+        return json({ error: "missing or wrong API token (Authorization: Bearer TOKEN)" }, 401, {
+          "www-authenticate": 'Bearer realm="faasd"',
+        });
+      }
       const matching = routes.filter((r) => r.pattern.test(req.url));
       if (matching.length === 0) throw new HttpError(404, `no such endpoint: ${new URL(req.url).pathname}`);
       const r = matching.find((r) => r.method === req.method);
