@@ -6,5 +6,5 @@
 
 export { type EpollEvents, Poller, type WaitOptions } from "./epoll.ts";
 export { ErrnoError } from "./errno.ts";
-export { type MountSpec, ReadOnlyMount } from "./mount.ts";
+export { detach, type MountSpec, ReadOnlyMount } from "./mount.ts";
 export { type DrainResult, Fd, type InetAddress, TcpConn, TcpListener, UnixConn, UnixListener } from "./socket.ts";

@@ -36,6 +36,15 @@ function cstring(text: string): Uint8Array<ArrayBuffer> {
 }
 
 /**
+ * Detaches whatever is mounted at `target` (lazily: `MNT_DETACH`).
+ *
+ * @throws {ErrnoError} when nothing is mounted there (`EINVAL`) or the caller may not unmount (`EPERM`).
+ */
+export function detach(target: string): void {
+  check(libc().umount2(cstring(target), MNT_DETACH), "umount2", target);
+}
+
+/**
  * A snapshot mounted read-only, nosuid, nodev and noexec at {@linkcode target}; {@linkcode close} (or `using`)
  * detaches it.
  */
@@ -87,11 +96,15 @@ export class ReadOnlyMount {
     return new ReadOnlyMount(target);
   }
 
-  /** Detaches the mount (lazily, so a file still open elsewhere cannot keep it busy). Idempotent. */
+  /**
+   * Detaches the mount (lazily, so a file still open elsewhere cannot keep it busy). Idempotent.
+   *
+   * @throws {ErrnoError} when the kernel refuses.
+   */
   close(): void {
     if (!this.#mounted) return;
     this.#mounted = false;
-    check(libc().umount2(cstring(this.target), MNT_DETACH), "umount2", this.target);
+    detach(this.target);
   }
 
   [Symbol.dispose](): void {

@@ -47,7 +47,7 @@ export const FLAGS = {
   "max-image-size": {
     env: "FAASD_MAX_IMAGE_SIZE",
     default: "2GiB",
-    help: "largest image: its tar plus what its compressed layers inflate to",
+    help: "largest upload, and largest image once its layers are unpacked",
   },
   "connect-timeout": {
     env: "FAASD_CONNECT_TIMEOUT",

@@ -12,7 +12,7 @@ import type { ImageStore } from "./functions.ts";
 /** Builds the containerd-backed {@linkcode ImageStore}. */
 export function containerdImageStore(
   containerd: Containerd,
-  opts: { maxBytes: number; snapshotter: string },
+  opts: { maxBytes: number; snapshotter: string; mountDir?: string },
 ): ImageStore {
   return {
     import: async (name, body) => {
@@ -20,6 +20,7 @@ export function containerdImageStore(
         name,
         maxBytes: opts.maxBytes,
         snapshotter: opts.snapshotter,
+        mountDir: opts.mountDir,
       });
       return {
         imageRef: image.imageRef,

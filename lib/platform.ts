@@ -11,6 +11,7 @@ import { Registry } from "./registry.ts";
 import { Functions } from "./functions.ts";
 import { ensureAddress, ownAddresses, releaseAddress } from "./hostaddr.ts";
 import { containerdImageStore, reapImages } from "./image_store.ts";
+import { reapRootfsMounts } from "./images/user.ts";
 import { Metrics } from "./metrics.ts";
 import { Server } from "./serve.ts";
 import { reapLeftovers, socketDir } from "./spawn.ts";
@@ -101,9 +102,15 @@ export async function startPlatform(config: DaemonConfig, log: (message: string)
       requestTimeoutMs: config.requestTimeoutMs,
       maxConcurrency: config.maxConcurrency,
     });
+    // Images are mounted here to read their /etc/passwd; a lookup a previous run died in leaves a mount to reap.
+    const mountDir = `${stateDir}/mnt`;
+    await Deno.mkdir(mountDir, { recursive: true, mode: 0o700 });
+    const staleMounts = await reapRootfsMounts(mountDir);
+    if (staleMounts) log(`removed ${staleMounts} image mount(s) left by a previous run`);
     const images = containerdImageStore(containerd, {
       maxBytes: config.maxImageBytes,
       snapshotter: config.snapshotter,
+      mountDir,
     });
     const functions = new Functions({
       registry,

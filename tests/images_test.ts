@@ -415,13 +415,25 @@ Deno.test("importImage() stops a gzip bomb at maxBytes of inflated tar", async (
   await assertFails(gzip(zeros), /larger than the limit/, { maxBytes: 8 << 20, cls: ImageTooLargeError });
 });
 
-/** The hello image with its layer replaced by `layer` (named `bomb.tar.*`); the config's diff id no longer fits. */
-async function withLayer(layer: Uint8Array, ext: string): Promise<Uint8Array> {
+/**
+ * The hello image with its layer replaced by `layer` (named `bomb.tar.*`), listed `times` times; the config's diff
+ * ids say `diffId` (default: the layer's own digest, right for an uncompressed layer).
+ */
+async function withLayer(layer: Uint8Array, ext: string, opts: { times?: number; diffId?: string } = {}) {
   const files = await dockerArchive();
   const [entry] = manifestOf(files);
-  const kept = files.filter((f) => f.header.type === "file" && !entry!.Layers.includes(f.header.name));
+  const config = files.find((f) => f.header.name === entry!.Config)!;
+  const json = JSON.parse(text(config));
+  const times = opts.times ?? 1;
+  json.rootfs.diff_ids = Array(times).fill(opts.diffId ?? sha256Digest(layer));
+  const kept = files.filter((f) => f.header.type === "file" && f !== config && !entry!.Layers.includes(f.header.name));
   const name = `bomb.tar.${ext}`;
-  return await packTar(replaceManifest([...kept, file(name, layer)], [{ ...entry, Layers: [name] }]));
+  return await packTar(
+    replaceManifest([...kept, file(entry!.Config, JSON.stringify(json)), file(name, layer)], [{
+      ...entry,
+      Layers: Array(times).fill(name),
+    }]),
+  );
 }
 
 Deno.test("importImage() stops a gzip layer that would unpack past maxBytes", async () => {
@@ -434,19 +446,33 @@ Deno.test("importImage() stops a gzip layer that would unpack past maxBytes", as
   });
 });
 
-Deno.test("importImage() stops a zstd layer that would unpack past maxBytes", async () => {
-  const layer = zlib.zstdCompressSync(await packTar([file("zeros", new Uint8Array(64 << 20))]));
-  assert(layer.length < 1 << 20);
-  await assertFails(withLayer(layer, "zst"), /unpacks to more than the limit/, {
-    maxBytes: 8 << 20,
+Deno.test("importImage() counts a layer as often as the manifest applies it", async () => {
+  const layer = await packTar([file("data", crypto.getRandomValues(new Uint8Array(65536)))]);
+  // 10 × 64 KiB of unpacked layers from an upload of one: over a 400 KiB limit, under it once.
+  await assertFails(withLayer(layer, "plain", { times: 10 }), /unpacks to more than the limit/, {
+    maxBytes: 400 << 10,
     cls: ImageTooLargeError,
   });
 });
 
-Deno.test("importImage() rejects a layer that claims gzip but does not inflate", async () => {
+Deno.test("importImage() refuses layers it cannot vouch for: zstd, sparse files, broken gzip", async () => {
+  const tar = await packTar([file("a", "a")]);
+  await assertFails(withLayer(zlib.zstdCompressSync(tar), "zst"), /layer 1 .* is zstd-compressed/);
+  const dir = await Deno.makeTempDir();
+  try {
+    using holes = await Deno.open(`${dir}/holes`, { create: true, write: true });
+    await holes.truncate(1 << 30);
+    const sparse = await new Deno.Command("tar", {
+      args: ["-S", "--format=posix", "-C", dir, "-cf", "-", "holes"],
+      stdout: "piped",
+    }).output();
+    await assertFails(withLayer(sparse.stdout, "sparse"), /layer 1 .* holds a sparse file \(.*holes\)/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
   const junk = crypto.getRandomValues(new Uint8Array(32 * 1024));
   junk.set([0x1f, 0x8b, 8, 0]);
-  await assertFails(withLayer(junk, "gz"), /bomb\.tar\.gz is not valid gzip/);
+  await assertFails(withLayer(junk, "gz"), /layer 1 .* is not valid gzip/);
 });
 
 Deno.test("importImage() abandons an upload that stalls", async () => {

@@ -14,7 +14,7 @@ import { Buffer } from "node:buffer";
 import tar from "tar-stream";
 import { Code, type Containerd, ContainerdError } from "../containerd/client.ts";
 import { ImageImportError } from "./errors.ts";
-import { InflateMeter, SizeBudget } from "./inflate.ts";
+import { type LayerScan, LayerScanner, SizeBudget } from "./layer_scan.ts";
 import { detectCompression } from "./mediatypes.ts";
 
 /** Index files of docker-archive and OCI layout, kept in memory and never written as blobs. */
@@ -39,6 +39,8 @@ export interface ArchiveBlob {
   head: Uint8Array;
   /** The bytes, when small and JSON-looking (else read them back from containerd). */
   json?: Uint8Array;
+  /** Whether it can be a layer, and how many bytes of tar it unpacks from. */
+  scan: LayerScan;
 }
 
 /** An entry that is not a regular file (symlink, hard link, device, fifo …): never a blob itself. */
@@ -66,7 +68,7 @@ export interface IngestOptions {
   lease: string;
   /** Prefix of the ingest refs, unique per import. */
   refPrefix: string;
-  /** Limit in bytes of the tar stream plus what its compressed blobs inflate to. */
+  /** Limit in bytes of the tar stream, and of what its compressed blobs inflate to. */
   maxBytes: number;
   /** Limit of the number of entries. */
   maxEntries: number;
@@ -77,7 +79,7 @@ export interface IngestOptions {
 /**
  * Streams `body` (a tar, or a gzipped tar) into the content store.
  *
- * @throws {ImageTooLargeError} once the tar bytes plus what compressed blobs inflate to pass `maxBytes`.
+ * @throws {ImageTooLargeError} once the tar stream, or what its compressed blobs inflate to, passes `maxBytes`.
  * @throws {ImageImportError} for anything that is not a well-formed, safe archive (`kind: "invalid"`).
  * @throws {ContainerdError} when containerd fails; an ingest in progress is aborted first.
  */
@@ -91,6 +93,7 @@ export async function ingestArchive(
   const stop = new AbortController();
   const extract = tar.extract();
   const budget = new SizeBudget(options.maxBytes);
+  const inflated = new SizeBudget(options.maxBytes, "unpacked");
   const feeder = feed(extract, body, budget, options.stallMs ?? STALL_MS, stop.signal);
   // Its failure reaches us through the parser too; this only keeps it from counting as unhandled meanwhile.
   feeder.catch(() => {});
@@ -106,7 +109,7 @@ export async function ingestArchive(
         ref: `${options.refPrefix}-${count}`,
         lease: options.lease,
         keepJson: jsonKept < JSON_BUDGET,
-        budget,
+        inflated,
       });
       // Whatever the handler left unread goes too, so that the parser moves on (and reports truncation here).
       while (!(await it.next()).done);
@@ -131,7 +134,7 @@ async function readEntry(
   client: Containerd,
   header: tar.Header,
   it: AsyncIterator<Uint8Array>,
-  options: { ref: string; lease: string; keepJson: boolean; budget: SizeBudget },
+  options: { ref: string; lease: string; keepJson: boolean; inflated: SizeBudget },
 ): Promise<EntryResult> {
   const name = normalizeEntryName(header.name);
   const type = header.type ?? "file";
@@ -147,8 +150,8 @@ async function readEntry(
   let head = new Uint8Array(0);
   let seen = 0;
   const kept: Uint8Array[] | null = options.keepJson && size <= MAX_JSON_BYTES ? [] : null;
-  // A blob that looks compressed is inflated alongside, to charge what it unpacks to.
-  using meter = new InflateMeter(options.budget, name);
+  // Scanned alongside: what it unpacks to, if it is a layer at all.
+  using scanner = new LayerScanner(options.inflated);
   // Reads through `it` without ever closing it: the caller still owns (and drains) the entry after the write.
   const observed = (async function* () {
     for (;;) {
@@ -158,14 +161,12 @@ async function readEntry(
       if (head.length < 4) head = Uint8Array.from([...head, ...chunk.subarray(0, 4 - head.length)]);
       seen += chunk.length;
       kept?.push(chunk);
-      const inflating = meter.write(chunk);
-      inflating.catch(() => {}); // awaited below, unless the write failed meanwhile
-      // containerd takes the chunk while it inflates here.
+      const scanning = scanner.write(chunk);
+      scanning.catch(() => {}); // awaited below, unless the write failed meanwhile
+      // containerd takes the chunk while it is scanned here.
       yield chunk;
-      await inflating;
+      await scanning;
     }
-    // Counted whole before the blob is committed.
-    await meter.end();
   })();
   let written;
   try {
@@ -182,9 +183,12 @@ async function readEntry(
     }
     throw err;
   }
+  // containerd stops reading early when it has the blob already; the scan still needs all of it.
+  for (let next = await it.next(); !next.done; next = await it.next()) await scanner.write(next.value);
+  const scan = await scanner.end();
   const complete = seen === size;
   const json = kept && complete && looksLikeJson(head) ? Buffer.concat(kept, size) : undefined;
-  return { kind: "blob", name, digest: written.digest, size: written.size, head, json };
+  return { kind: "blob", name, digest: written.digest, size: written.size, head, json, scan };
 }
 
 /**

@@ -10,9 +10,16 @@
  * @module
  */
 
-import { type Containerd, ContainerdError, isAlreadyExists, isNotFound } from "../containerd/client.ts";
+import {
+  type Containerd,
+  ContainerdError,
+  type Descriptor,
+  isAlreadyExists,
+  isNotFound,
+} from "../containerd/client.ts";
 import { assertValidName } from "../names.ts";
-import { ingestArchive } from "./archive.ts";
+import { type ArchiveContents, ingestArchive } from "./archive.ts";
+import { type LayerScan, SizeBudget } from "./layer_scan.ts";
 import { ImageImportError } from "./errors.ts";
 import { type ProcessConfig, resolveImage } from "./manifest.ts";
 import { unpackLayers } from "./unpack.ts";
@@ -43,7 +50,8 @@ const DEFAULT_MAX_ENTRIES = 10_000;
 export interface ImportOptions {
   /** The function's name; the image record is named after it (see {@linkcode containerdImageName}). */
   name: string;
-  /** Limit of the tarball's size in bytes (of the tar stream, after undoing a whole-archive gzip). */
+  /** Limit of the tarball's size in bytes (of the tar stream, after undoing a whole-archive gzip), and of what the
+   * image's layers unpack to. */
   maxBytes: number;
   /** The snapshotter to unpack into. */
   snapshotter?: string;
@@ -53,6 +61,8 @@ export interface ImportOptions {
   maxEntries?: number;
   /** An upload sending nothing for this long (ms) is abandoned; default 60 s. */
   stallMs?: number;
+  /** Where the image is mounted to read its `/etc/passwd` for a named USER (default: the system's temp dir). */
+  mountDir?: string;
 }
 
 /** What an import left in containerd. */
@@ -121,6 +131,7 @@ export async function importImage(
       ref: `${refPrefix}-manifest`,
       labels: { [LABEL_MANAGED]: "true" },
     });
+    checkLayers(contents, image.layers, options.maxBytes);
     const chainId = await unpackLayers(client, image.layers, image.diffIds, {
       snapshotter,
       lease,
@@ -142,6 +153,7 @@ export async function importImage(
         chainId,
         lease,
         key: `faasd-user-${id}`,
+        mountDir: options.mountDir,
       }),
     };
     const imageRef = image.imageRef ?? name;
@@ -186,6 +198,24 @@ export async function removeImage(client: Containerd, containerdName: string): P
   } catch (err) {
     if (isNotFound(err)) return false;
     throw err;
+  }
+}
+
+/**
+ * Refuses layers that faasd could not scan (not a plain or gzip tar, sparse files), and an image whose layers unpack
+ * past `maxBytes` (a layer listed twice is unpacked, and counted, twice).
+ *
+ * @throws {ImageImportError} for an unusable layer; {@linkcode ImageTooLargeError} past the limit.
+ */
+function checkLayers(contents: ArchiveContents, layers: readonly Descriptor[], maxBytes: number): void {
+  const scans = new Map<string, LayerScan>();
+  for (const entry of contents.entries.values()) if (entry.kind === "blob") scans.set(entry.digest, entry.scan);
+  const unpacked = new SizeBudget(maxBytes, "unpacked");
+  for (const [i, layer] of layers.entries()) {
+    const scan = scans.get(layer.digest);
+    if (!scan) throw new ImageImportError(`layer ${i + 1} (${layer.digest}) is not in the archive`);
+    if (scan.kind === "unusable") throw new ImageImportError(`layer ${i + 1} (${layer.digest}) ${scan.reason}`);
+    unpacked.charge(scan.tarBytes);
   }
 }
 

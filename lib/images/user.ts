@@ -11,7 +11,7 @@
 
 import { join } from "node:path";
 import type { Containerd } from "../containerd/client.ts";
-import { ReadOnlyMount } from "../../ffi/mod.ts";
+import { detach, ReadOnlyMount } from "../../ffi/mod.ts";
 
 /** Numeric ids a container process runs with. */
 export interface ResolvedUser {
@@ -30,6 +30,8 @@ export interface AccountFiles {
 const NUMERIC = /^\d+$/;
 /** Largest id the kernel takes (ids are 32-bit; -1 is reserved). */
 const MAX_ID = 0xfffffffe;
+/** Name prefix of the temporary directories images are mounted on. */
+const ROOTFS_PREFIX = "faasd-rootfs-";
 /** Largest account file read. */
 const MAX_FILE_BYTES = 1 << 20;
 
@@ -46,10 +48,11 @@ function id(text: string, what: string): number {
   return n;
 }
 
-/** Splits an account file into its entries' fields, skipping blank lines and comments. */
+/** Splits an account file into its entries' fields (trimmed, as runc reads them), skipping blanks and comments. */
 function entries(file: string | null): string[][] {
   if (file === null) return [];
-  return file.split("\n").filter((line) => line.trim() !== "" && !line.startsWith("#")).map((line) => line.split(":"));
+  return file.split("\n").map((line) => line.trim()).filter((line) => line !== "" && !line.startsWith("#"))
+    .map((line) => line.split(":").map((field) => field.trim()));
 }
 
 /**
@@ -153,6 +156,8 @@ export interface ResolveUserOptions {
   lease: string;
   /** Key of the temporary view snapshot. */
   key: string;
+  /** Where the temporary mount point is made (default: the system's temp dir). */
+  mountDir?: string;
 }
 
 /**
@@ -168,17 +173,42 @@ export async function resolveImageUser(
 ): Promise<ResolvedUser> {
   if (isNumericUser(user)) return lookupUser(user, { passwd: null, group: null });
   const { snapshotter, chainId, lease, key } = options;
-  const mounts = await client.viewSnapshot(snapshotter, key, chainId, { lease });
-  const dir = await Deno.makeTempDir({ prefix: "faasd-rootfs-" });
+  let dir: string | null = null;
   try {
+    const mounts = await client.viewSnapshot(snapshotter, key, chainId, { lease });
+    dir = await Deno.makeTempDir({ dir: options.mountDir, prefix: ROOTFS_PREFIX });
+    const mounted = ReadOnlyMount.open(mounts, dir);
     let files: AccountFiles;
-    {
-      using _mounted = ReadOnlyMount.open(mounts, dir);
+    try {
       files = { passwd: await readFileInRoot(dir, "/etc/passwd"), group: await readFileInRoot(dir, "/etc/group") };
+    } finally {
+      try {
+        mounted.close();
+      } catch (err) {
+        // Detaching cannot fail for a mount we made; should it, the next start reaps it.
+        console.error(`faasd: ${(err as Error).message}`);
+      }
     }
     return lookupUser(user, files);
   } finally {
-    await Deno.remove(dir).catch(() => {});
+    if (dir) await Deno.remove(dir).catch(() => {});
     await client.removeSnapshot(snapshotter, key).catch(() => {});
   }
+}
+
+/**
+ * Detaches and removes the temporary mounts in `mountDir` of lookups a previous faasd did not finish (it died
+ * mid-deploy).
+ *
+ * @returns how many it removed.
+ */
+export async function reapRootfsMounts(mountDir: string): Promise<number> {
+  const points = (await Deno.readTextFile("/proc/self/mountinfo")).split("\n")
+    .map((line) => line.split(" ")[4] ?? "")
+    .filter((point) => point.startsWith(`${mountDir}/${ROOTFS_PREFIX}`));
+  for (const point of points) {
+    detach(point);
+    await Deno.remove(point).catch(() => {});
+  }
+  return points.length;
 }

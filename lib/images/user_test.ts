@@ -1,5 +1,6 @@
 import { assertEquals, assertRejects, assertThrows } from "../../tests/assert.ts";
-import { isNumericUser, lookupUser, readFileInRoot } from "./user.ts";
+import { ReadOnlyMount } from "../../ffi/mod.ts";
+import { isNumericUser, lookupUser, readFileInRoot, reapRootfsMounts } from "./user.ts";
 
 const PASSWD = [
   "root:x:0:0:root:/root:/bin/sh",
@@ -71,3 +72,30 @@ Deno.test("readFileInRoot() follows symlinks inside the root, never out to the h
     await Deno.remove(outside, { recursive: true });
   }
 });
+
+Deno.test("lookupUser() reads lines as runc does: trimmed, CRLF endings too", () => {
+  const files = { passwd: "  app:x:1000:1000::/:/bin/sh\r\n", group: "staff:x:50:root,app\r\n" };
+  assertEquals(lookupUser("app", files), { uid: 1000, gid: 1000, additionalGids: [50] });
+});
+
+Deno.test("reapRootfsMounts() detaches and removes only the lookup mounts in its directory", async () => {
+  const dir = await Deno.makeTempDir();
+  const source = await Deno.makeTempDir();
+  try {
+    await Deno.mkdir(`${dir}/faasd-rootfs-left`);
+    await Deno.mkdir(`${dir}/other`);
+    ReadOnlyMount.open([{ type: "bind", source, options: ["rbind"] }], `${dir}/faasd-rootfs-left`); // as if died
+    using _other = ReadOnlyMount.open([{ type: "bind", source, options: ["rbind"] }], `${dir}/other`);
+    assertEquals(await reapRootfsMounts(dir), 1);
+    assertEquals([...Deno.readDirSync(dir)].map((e) => e.name), ["other"]);
+    assertEquals(mountPoints().includes(`${dir}/other`), true);
+    assertEquals(await reapRootfsMounts(dir), 0);
+  } finally {
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+    await Deno.remove(source, { recursive: true });
+  }
+});
+
+function mountPoints(): string[] {
+  return Deno.readTextFileSync("/proc/self/mountinfo").split("\n").map((line) => line.split(" ")[4] ?? "");
+}
