@@ -570,6 +570,36 @@ Deno.test("importImage() rejects an archive with too many entries", async () => 
   await assertFails(packTar(files), /more than 3 entries/, { maxEntries: 3 });
 });
 
+/** The hello image plus `extra` layers (`etc/passwd` in the top one) and `USER app`. */
+async function withManyLayers(extra: number): Promise<Uint8Array> {
+  const files = await dockerArchive();
+  const [entry] = manifestOf(files);
+  const config = files.find((f) => f.header.name === entry!.Config)!;
+  const json = JSON.parse(text(config));
+  const added: TarFile[] = [];
+  for (let i = 0; i < extra; i++) {
+    const top = i === extra - 1;
+    added.push(file(`extra${i}.tar`, await packTar([file(top ? "etc/passwd" : `f${i}`, "app:x:1000:1000::/:/x\n")])));
+  }
+  json.rootfs.diff_ids = [...json.rootfs.diff_ids, ...added.map((f) => sha256Digest(f.data))];
+  json.config.User = "app";
+  const kept = files.filter((f) => f.header.type === "file" && f !== config);
+  return await packTar(
+    replaceManifest([...kept, file(entry!.Config, JSON.stringify(json)), ...added], [{
+      ...entry,
+      Layers: [...entry!.Layers, ...added.map((f) => f.header.name)],
+    }]),
+  );
+}
+
+Deno.test("importImage() resolves a named USER in a many-layer image, and says so when there are too many", async () => {
+  await withClient(async (c) => {
+    const imported = await importImage(c, body(await withManyLayers(20)), { name: "layered", maxBytes: MAX });
+    assertEquals(imported.config.resolvedUser, { uid: 1000, gid: 1000, additionalGids: [] });
+  });
+  await assertFails(withManyLayers(80), /too many layers to mount; use a numeric USER/);
+});
+
 Deno.test("stop the private containerd", async () => {
   await ctd.stop();
 });

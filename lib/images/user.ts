@@ -32,6 +32,8 @@ const NUMERIC = /^\d+$/;
 const MAX_ID = 0xfffffffe;
 /** Name prefix of the temporary directories images are mounted on. */
 const ROOTFS_PREFIX = "faasd-rootfs-";
+/** Mount options the kernel takes (one page, with its terminating NUL). */
+const MAX_MOUNT_DATA = 4096;
 /** Largest account file read. */
 const MAX_FILE_BYTES = 1 << 20;
 
@@ -176,6 +178,14 @@ export async function resolveImageUser(
   let dir: string | null = null;
   try {
     const mounts = await client.viewSnapshot(snapshotter, key, chainId, { lease });
+    // The kernel takes one page of mount options; containerd shortens longer ones in a helper process that changes
+    // its working directory, which faasd's own process cannot do safely.
+    if (mounts.some((m) => m.options.join(",").length >= MAX_MOUNT_DATA)) {
+      throw new TypeError(
+        `image user ${JSON.stringify(user)} cannot be looked up: the image has too many layers to mount; ` +
+          "use a numeric USER uid:gid",
+      );
+    }
     dir = await Deno.makeTempDir({ dir: options.mountDir, prefix: ROOTFS_PREFIX });
     const mounted = ReadOnlyMount.open(mounts, dir);
     let files: AccountFiles;
