@@ -26,6 +26,8 @@ export interface DaemonConfig {
   shutdownGraceMs: number;
   /** Bearer token the control API requires; null: no authentication. */
   apiToken: string | null;
+  /** What each request's container may use (0: no limit). */
+  limits: { memoryBytes: number; pids: number };
 }
 
 interface FlagSpec {
@@ -60,6 +62,16 @@ export const FLAGS = {
     default: "32",
     help: "containers one function may run at once; past it, 503",
   },
+  "memory-limit": {
+    env: "FAASD_MEMORY_LIMIT",
+    default: "512MiB",
+    help: "memory one request's container may use (0: no limit); past it the container is killed",
+  },
+  "pids-limit": {
+    env: "FAASD_PIDS_LIMIT",
+    default: "256",
+    help: "processes and threads one request's container may run at once (0: no limit)",
+  },
   "log-max-size": { env: "FAASD_LOG_MAX_SIZE", default: "10MiB", help: "size cap of each function's log file" },
   "api-token": {
     env: "FAASD_API_TOKEN",
@@ -72,6 +84,13 @@ export const FLAGS = {
     help: "how long SIGTERM waits for in-flight requests",
   },
 } as const satisfies Record<string, FlagSpec>;
+
+/** A container memory limit: 0 (none) or at least 4 MiB, below which runc cannot even start one. @throws {TypeError} */
+export function parseMemoryLimit(text: string): number {
+  const bytes = parseSize(text, "--memory-limit");
+  if (bytes !== 0 && bytes < 4 << 20) throw new TypeError("--memory-limit must be 0 (no limit) or at least 4MiB");
+  return bytes;
+}
 
 /** An API token: empty (no authentication) or 16+ visible ASCII characters. @throws {TypeError} */
 export function parseToken(text: string): string | null {
@@ -170,5 +189,9 @@ export function parseDaemonConfig(
     logMaxBytes: parseSize(get("log-max-size"), "--log-max-size"),
     shutdownGraceMs: parseDuration(get("shutdown-grace"), "--shutdown-grace"),
     apiToken: parseToken(get("api-token")),
+    limits: {
+      memoryBytes: parseMemoryLimit(get("memory-limit")),
+      pids: get("pids-limit") === "0" ? 0 : parsePositiveInt(get("pids-limit"), "--pids-limit"),
+    },
   };
 }

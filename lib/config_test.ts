@@ -14,6 +14,15 @@ Deno.test("parseDaemonConfig() uses the documented defaults", () => {
   assertEquals(c.requestTimeoutMs, 60000);
   assertEquals(c.runtime, "runc");
   assertEquals(c.apiToken, null);
+  assertEquals(c.limits, { memoryBytes: 512 * 1024 ** 2, pids: 256 });
+});
+
+Deno.test("parseDaemonConfig() takes 0 as no limit and refuses a memory limit no container can start in", () => {
+  const c = parseDaemonConfig(["--memory-limit", "0", "--pids-limit", "0"], () => undefined);
+  if (c === "help") throw new Error("unexpected help");
+  assertEquals(c.limits, { memoryBytes: 0, pids: 0 });
+  assertThrows(() => parseDaemonConfig(["--memory-limit", "1MiB"], () => undefined), TypeError, "at least 4MiB");
+  assertThrows(() => parseDaemonConfig(["--pids-limit", "-1"], () => undefined), TypeError);
 });
 
 Deno.test("parseDaemonConfig() prefers flags over FAASD_* env over defaults", () => {

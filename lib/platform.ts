@@ -89,6 +89,7 @@ export async function startPlatform(config: DaemonConfig, log: (message: string)
       snapshotter: config.snapshotter,
       runtime: config.runtime,
       logMaxBytes: config.logMaxBytes,
+      limits: config.limits,
     };
     const reaped = await reapLeftovers(spawnDeps);
     if (reaped) log(`reaped ${reaped} container(s) left by a previous run`);

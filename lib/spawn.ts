@@ -16,7 +16,7 @@ import type { ExitStatus, Mount } from "./containerd/types.ts";
 import type { Poller } from "../ffi/epoll.ts";
 import { type UnixConn, UnixListener } from "../ffi/socket.ts";
 import type { FunctionRecord } from "./registry.ts";
-import { buildSpec } from "./spec.ts";
+import { buildSpec, type ContainerLimits } from "./spec.ts";
 import { logPath, rotateIfNeeded } from "./logs.ts";
 
 /** Label key marking everything faasd creates per request; its value is the kind of object. */
@@ -35,6 +35,8 @@ export interface SpawnDeps {
   /** OCI runtime binary used by the runc v2 shim. */
   runtime: string;
   logMaxBytes: number;
+  /** What each container may use. */
+  limits?: ContainerLimits;
 }
 
 /** How long a task's exit is waited for again while containerd is unreachable (restarting). */
@@ -121,6 +123,7 @@ export class RequestContainer {
       hostname: fn.name,
       process: image.config,
       controlSocket: this.#listener.path,
+      limits: this.#deps.limits,
     });
     // The lease keeps the new snapshot from being collected before the container references it.
     this.#lease = await containerd.createLease({ labels, expireAfterSeconds: 24 * 3600 });

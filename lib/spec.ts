@@ -63,6 +63,16 @@ export interface SpecOptions {
   process: ProcessConfig;
   /** Host path of this container's control socket. */
   controlSocket: string;
+  /** Resource limits; absent or 0: none. */
+  limits?: ContainerLimits;
+}
+
+/** What one request's container may use. */
+export interface ContainerLimits {
+  /** Memory (cgroup memory limit) in bytes; past it the kernel kills the container. */
+  memoryBytes?: number;
+  /** Processes and threads at once; past it fork() fails. */
+  pids?: number;
 }
 
 /**
@@ -118,7 +128,11 @@ export function buildSpec(opts: SpecOptions): Record<string, unknown> {
     linux: {
       namespaces: [{ type: "pid" }, { type: "ipc" }, { type: "uts" }, { type: "mount" }, { type: "network" }],
       cgroupsPath: `/faasd/${opts.id}`,
-      resources: { devices: [{ allow: false, access: "rwm" }] },
+      resources: {
+        devices: [{ allow: false, access: "rwm" }],
+        ...(opts.limits?.memoryBytes ? { memory: { limit: opts.limits.memoryBytes } } : {}),
+        ...(opts.limits?.pids ? { pids: { limit: opts.limits.pids } } : {}),
+      },
       maskedPaths: [
         "/proc/acpi",
         "/proc/asound",

@@ -310,3 +310,36 @@ Deno.test("the image's USER is resolved through its own /etc/passwd and /etc/gro
     assertEquals(await leftovers(p.client), NONE);
   });
 });
+
+Deno.test("each container is held to --memory-limit and --pids-limit", async (t) => {
+  await using ctd = await startContainerd();
+  await using p = await startTestPlatform(ctd, { flags: ["--memory-limit", "64MiB", "--pids-limit", "32"] });
+  const deploy = async (name: string, mode: string, args: string[]) => {
+    const tarball = await buildHandlerImage(mode, { args });
+    const res = await p.request("POST", "/api/new", {
+      headers: { "x-image-name": name },
+      body: (await Deno.open(tarball)).readable,
+    });
+    assertEquals(res.status, 201);
+    return `http://${(await res.json()).ip}:${p.port}/`;
+  };
+
+  await t.step("fork() fails once the pids limit is reached", async () => {
+    const r = await curl(await deploy("forker", "fork", ["1000"]));
+    assertEquals([r.exit, r.status], [0, 200]);
+    const forked = Number(/^forked (\d+)\n$/.exec(r.body)?.[1]);
+    assert(forked > 0 && forked < 32, r.body);
+  });
+
+  await t.step("a container within the memory limit answers; one past it is killed and answered 502", async () => {
+    const small = await curl(await deploy("small", "alloc", ["16"]));
+    assertEquals([small.exit, small.status, small.body], [0, 200, "allocated 16 MiB\n"]);
+    const big = await curl(await deploy("hog", "alloc", ["256"]));
+    assertEquals([big.exit, big.status], [0, 502]);
+  });
+
+  await t.step("nothing is left", async () => {
+    await settled(p);
+    assertEquals(await leftovers(p.client), NONE);
+  });
+});

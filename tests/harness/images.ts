@@ -40,6 +40,8 @@ export const HANDLER_MODES = [
   "big",
   "echo",
   "sleep",
+  "fork",
+  "alloc",
 ] as const;
 
 /** One of {@linkcode HANDLER_MODES}. */
