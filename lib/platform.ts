@@ -15,6 +15,7 @@ import { reapRootfsMounts } from "./images/user.ts";
 import { Metrics } from "./metrics.ts";
 import { Server } from "./serve.ts";
 import { reapLeftovers, socketDir } from "./spawn.ts";
+import { hasSwapAccounting } from "./spec.ts";
 import { logPath, removeLogs } from "./logs.ts";
 import { createApi } from "./api/router.ts";
 import { Poller } from "../ffi/epoll.ts";
@@ -89,7 +90,7 @@ export async function startPlatform(config: DaemonConfig, log: (message: string)
       snapshotter: config.snapshotter,
       runtime: config.runtime,
       logMaxBytes: config.logMaxBytes,
-      limits: config.limits,
+      limits: { ...config.limits, swapAccounting: await hasSwapAccounting() },
     };
     const reaped = await reapLeftovers(spawnDeps);
     if (reaped) log(`reaped ${reaped} container(s) left by a previous run`);

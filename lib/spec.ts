@@ -73,6 +73,24 @@ export interface ContainerLimits {
   memoryBytes?: number;
   /** Processes and threads at once; past it fork() fails. */
   pids?: number;
+  /** Whether the host accounts swap per cgroup: then the memory limit covers swap too (else swap would extend it). */
+  swapAccounting?: boolean;
+}
+
+/** Whether the host's cgroups account swap (cgroup v2, or v1 with `memory.memsw.*`). */
+export async function hasSwapAccounting(cgroupRoot = "/sys/fs/cgroup"): Promise<boolean> {
+  for (const probe of ["memory.swap.max", "memory/memory.memsw.limit_in_bytes"]) {
+    try {
+      await Deno.stat(`${cgroupRoot}/${probe}`);
+      return true;
+    } catch { /* not this layout */ }
+  }
+  // cgroup v2 keeps memory.swap.max only in child groups; the root lists the controller instead.
+  try {
+    return (await Deno.readTextFile(`${cgroupRoot}/cgroup.controllers`)).split(/\s+/).includes("memory");
+  } catch {
+    return false;
+  }
 }
 
 /**
@@ -130,7 +148,14 @@ export function buildSpec(opts: SpecOptions): Record<string, unknown> {
       cgroupsPath: `/faasd/${opts.id}`,
       resources: {
         devices: [{ allow: false, access: "rwm" }],
-        ...(opts.limits?.memoryBytes ? { memory: { limit: opts.limits.memoryBytes } } : {}),
+        ...(opts.limits?.memoryBytes
+          ? {
+            memory: {
+              limit: opts.limits.memoryBytes,
+              ...(opts.limits.swapAccounting ? { swap: opts.limits.memoryBytes } : {}),
+            },
+          }
+          : {}),
         ...(opts.limits?.pids ? { pids: { limit: opts.limits.pids } } : {}),
       },
       maskedPaths: [

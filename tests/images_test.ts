@@ -466,7 +466,7 @@ Deno.test("importImage() refuses layers it cannot vouch for: zstd, sparse files,
       args: ["-S", "--format=posix", "-C", dir, "-cf", "-", "holes"],
       stdout: "piped",
     }).output();
-    await assertFails(withLayer(sparse.stdout, "sparse"), /layer 1 .* holds a sparse file \(.*holes\)/);
+    await assertFails(withLayer(sparse.stdout, "sparse"), /layer 1 .* holds a sparse file/);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

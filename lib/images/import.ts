@@ -215,7 +215,7 @@ function checkLayers(contents: ArchiveContents, layers: readonly Descriptor[], m
     const scan = scans.get(layer.digest);
     if (!scan) throw new ImageImportError(`layer ${i + 1} (${layer.digest}) is not in the archive`);
     if (scan.kind === "unusable") throw new ImageImportError(`layer ${i + 1} (${layer.digest}) ${scan.reason}`);
-    unpacked.charge(scan.tarBytes);
+    unpacked.charge(scan.unpackedBytes);
   }
 }
 

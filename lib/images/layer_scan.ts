@@ -8,7 +8,11 @@
  * - gzip goes through node:zlib, which, like containerd's Go reader, reads concatenated members.
  * - zstd is refused: Deno's decoder stops after the first frame (containerd reads them all) and cannot be trusted
  *   with hostile input.
- * - Sparse tar entries (GNU or PAX) are refused: containerd would write out their holes.
+ * - Sparse tar entries (GNU or PAX) are refused: containerd would write out their holes. tar-stream and Go's reader
+ *   can frame a malformed tar differently, so the blocks are also checked as Go could read them
+ *   ({@linkcode TarHeaderScanner}).
+ * - Every entry is counted with a filesystem block besides its tar bytes: a layer of tiny files or directories
+ *   takes far more disk than its tar.
  *
  * @module
  */
@@ -18,6 +22,10 @@ import zlib from "node:zlib";
 import tar from "tar-stream";
 import { ImageTooLargeError } from "./errors.ts";
 import { detectCompression } from "./mediatypes.ts";
+import { TarHeaderScanner } from "./tar_headers.ts";
+
+/** What one file or directory may take on disk beyond its tar bytes: a filesystem block. */
+const FS_BLOCK = 4096;
 
 /** Bytes an import may still use, charged as they are seen; throws once spent. */
 export class SizeBudget {
@@ -55,8 +63,11 @@ export class SizeBudget {
 
 /** What a blob is, as far as unpacking goes. */
 export type LayerScan =
-  /** A tar (plain or gzip) that containerd may unpack: it holds `tarBytes` bytes of tar. */
-  | { kind: "layer"; tarBytes: number }
+  /**
+   * A tar (plain or gzip) that containerd may unpack: `tarBytes` bytes of tar, taking at most about `unpackedBytes`
+   * of disk (every entry may take a filesystem block beyond its tar bytes).
+   */
+  | { kind: "layer"; tarBytes: number; unpackedBytes: number }
   /** Not something faasd lets containerd unpack, and why (fine for a config or manifest). */
   | { kind: "unusable"; reason: string };
 
@@ -72,6 +83,8 @@ export class LayerScanner {
   #inflater: zlib.Gunzip | null = null;
   #inflaterDone: Promise<void> = Promise.resolve();
   readonly #extract = tar.extract();
+  /** Go's possible view of the same tar. */
+  readonly #headers = new TarHeaderScanner();
   readonly #walked: Promise<void>;
   #tarBytes = 0;
   /** Why the blob cannot be a layer, once known; scanning stops then. */
@@ -120,7 +133,9 @@ export class LayerScanner {
     await this.#walked;
     if (this.#failure) throw this.#failure;
     this.close();
-    return this.#unusable ? { kind: "unusable", reason: this.#unusable } : { kind: "layer", tarBytes: this.#tarBytes };
+    if (this.#unusable) return { kind: "unusable", reason: this.#unusable };
+    const unpackedBytes = this.#tarBytes + this.#headers.findings.headers * FS_BLOCK;
+    return { kind: "layer", tarBytes: this.#tarBytes, unpackedBytes };
   }
 
   /** Stops scanning; idempotent. */
@@ -204,12 +219,19 @@ export class LayerScanner {
   #toTar(bytes: Buffer): boolean {
     if (this.#unusable) return true;
     this.#tarBytes += bytes.length;
+    this.#headers.write(bytes);
+    const sparse = this.#headers.findings.sparse;
+    if (sparse) {
+      this.#give(`holds ${sparse}`);
+      return true;
+    }
     return this.#extract.write(bytes);
   }
 
   #drained(): Promise<void> {
     const extract = this.#extract;
-    if (this.#unusable) return Promise.resolve();
+    // A walker that failed destroys the stream before its catch runs: no drain or close is coming then.
+    if (this.#unusable || extract.destroying || extract.destroyed) return Promise.resolve();
     return new Promise((resolve) => {
       const done = () => {
         extract.off("drain", done);

@@ -213,12 +213,24 @@ export async function resolveImageUser(
  * @returns how many it removed.
  */
 export async function reapRootfsMounts(mountDir: string): Promise<number> {
+  // mountinfo holds resolved paths, with spaces and the like escaped as octal.
+  const prefix = `${await Deno.realPath(mountDir)}/${ROOTFS_PREFIX}`;
   const points = (await Deno.readTextFile("/proc/self/mountinfo")).split("\n")
-    .map((line) => line.split(" ")[4] ?? "")
-    .filter((point) => point.startsWith(`${mountDir}/${ROOTFS_PREFIX}`));
+    .map((line) =>
+      (line.split(" ")[4] ?? "").replace(/\\([0-7]{3})/g, (_, octal) => String.fromCharCode(parseInt(octal, 8)))
+    )
+    .filter((point) => point.startsWith(prefix))
+    .sort((a, b) => b.length - a.length); // anything mounted inside one goes first
+  const dirs = new Set<string>();
   for (const point of points) {
-    detach(point);
-    await Deno.remove(point).catch(() => {});
+    try {
+      detach(point);
+    } catch (err) {
+      console.error(`faasd: ${(err as Error).message}`);
+    }
+    const slash = point.indexOf("/", prefix.length); // a mount inside a lookup's directory
+    dirs.add(slash < 0 ? point : point.slice(0, slash));
   }
+  for (const dir of dirs) await Deno.remove(dir).catch(() => {});
   return points.length;
 }

@@ -83,14 +83,22 @@ Deno.test("reapRootfsMounts() detaches and removes only the lookup mounts in its
   const source = await Deno.makeTempDir();
   try {
     await Deno.mkdir(`${dir}/faasd-rootfs-left`);
+    await Deno.mkdir(`${dir}/faasd-rootfs-with space`);
+    await Deno.mkdir(`${source}/inner`);
     await Deno.mkdir(`${dir}/other`);
-    ReadOnlyMount.open([{ type: "bind", source, options: ["rbind"] }], `${dir}/faasd-rootfs-left`); // as if died
+    // As if faasd died during lookups: one mount with another inside it, one whose path mountinfo escapes.
+    ReadOnlyMount.open([{ type: "bind", source, options: ["bind"] }], `${dir}/faasd-rootfs-left`);
+    ReadOnlyMount.open([{ type: "bind", source, options: ["bind"] }], `${dir}/faasd-rootfs-left/inner`);
+    ReadOnlyMount.open([{ type: "bind", source, options: ["bind"] }], `${dir}/faasd-rootfs-with space`);
     using _other = ReadOnlyMount.open([{ type: "bind", source, options: ["rbind"] }], `${dir}/other`);
-    assertEquals(await reapRootfsMounts(dir), 1);
+    // Through a symlink, as a --state-dir may be given.
+    await Deno.symlink(dir, `${dir}-link`);
+    assertEquals(await reapRootfsMounts(`${dir}-link`), 3);
     assertEquals([...Deno.readDirSync(dir)].map((e) => e.name), ["other"]);
     assertEquals(mountPoints().includes(`${dir}/other`), true);
     assertEquals(await reapRootfsMounts(dir), 0);
   } finally {
+    await Deno.remove(`${dir}-link`).catch(() => {});
     await Deno.remove(dir, { recursive: true }).catch(() => {});
     await Deno.remove(source, { recursive: true });
   }
