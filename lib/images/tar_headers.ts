@@ -39,6 +39,11 @@ function goNumeric(field: Uint8Array): number {
     for (const [i, b] of field.entries()) n = n * 256 + (i === 0 ? b & 0x7f : b);
     return n;
   }
+  return goOctal(field);
+}
+
+/** Go's octal field reading (the checksum is only ever octal). */
+function goOctal(field: Uint8Array): number {
   let start = 0;
   let end = field.length;
   while (start < end && (field[start] === 0x20 || field[start] === 0)) start++;
@@ -55,7 +60,7 @@ function goNumeric(field: Uint8Array): number {
 
 /** Whether the block passes Go's header checksum (unsigned or signed sum, checksum field read as spaces). */
 function isHeader(block: Uint8Array): boolean {
-  const stored = goNumeric(block.subarray(148, 156));
+  const stored = goOctal(block.subarray(148, 156));
   if (stored < 0) return false;
   let unsigned = 0;
   let signed = 0;
@@ -81,6 +86,11 @@ export class TarHeaderScanner {
   write(chunk: Uint8Array): void {
     let at = 0;
     while (at < chunk.length && this.#sparse === null) {
+      if (this.#filled === 0 && chunk.length - at >= BLOCK) {
+        this.#scanBlock(chunk.subarray(at, at + BLOCK)); // whole blocks in place, without a copy
+        at += BLOCK;
+        continue;
+      }
       const n = Math.min(BLOCK - this.#filled, chunk.length - at);
       this.#block.set(chunk.subarray(at, at + n), this.#filled);
       this.#filled += n;
