@@ -14,6 +14,7 @@ import { Buffer } from "node:buffer";
 import tar from "tar-stream";
 import { Code, type Containerd, ContainerdError } from "../containerd/client.ts";
 import { ImageImportError } from "./errors.ts";
+import { drained } from "./drained.ts";
 import { type LayerScan, LayerScanner, SizeBudget } from "./layer_scan.ts";
 import { detectCompression } from "./mediatypes.ts";
 
@@ -305,7 +306,7 @@ async function feed(
       total += next.value.length;
       budget.charge(next.value.length);
       const buffer = Buffer.from(next.value.buffer, next.value.byteOffset, next.value.byteLength);
-      if (!extract.write(buffer)) await writable(extract);
+      if (!extract.write(buffer)) await drained(extract);
     }
     if (!signal.aborted) extract.end(undefined);
     return total;
@@ -315,19 +316,6 @@ async function feed(
   } finally {
     signal.removeEventListener("abort", onAbort);
   }
-}
-
-/** Resolves once the parser wants more input (or is gone). */
-function writable(extract: tar.Extract): Promise<void> {
-  return new Promise((resolve) => {
-    const done = () => {
-      extract.off("drain", done);
-      extract.off("close", done);
-      resolve();
-    };
-    extract.on("drain", done);
-    extract.on("close", done);
-  });
 }
 
 async function readSmall(it: AsyncIterator<Uint8Array>, name: string): Promise<Uint8Array> {

@@ -21,6 +21,7 @@ import { Buffer } from "node:buffer";
 import zlib from "node:zlib";
 import tar from "tar-stream";
 import { ImageTooLargeError } from "./errors.ts";
+import { drained } from "./drained.ts";
 import { detectCompression } from "./mediatypes.ts";
 import { TarHeaderScanner } from "./tar_headers.ts";
 
@@ -200,19 +201,12 @@ export class LayerScanner {
     const inflater = this.#inflater;
     if (inflater) {
       if (inflater.write(buffer)) return;
-      await new Promise<void>((resolve) => {
-        const done = () => {
-          inflater.off("drain", done);
-          inflater.off("close", done);
-          resolve();
-        };
-        inflater.on("drain", done);
-        inflater.on("close", done); // destroyed: an error, a spent budget, or close()
-      });
+      await drained(inflater); // or destroyed: an error, a spent budget, or close()
       if (this.#failure) throw this.#failure;
       return;
     }
-    if (!this.#toTar(buffer)) await this.#drained();
+    // A walker that failed may have destroyed the stream before its catch ran: drained() then resolves at once.
+    if (!this.#toTar(buffer) && !this.#unusable) await drained(this.#extract);
   }
 
   /** Writes tar bytes to the walker; false when it wants a pause. */
@@ -226,21 +220,6 @@ export class LayerScanner {
       return true;
     }
     return this.#extract.write(bytes);
-  }
-
-  #drained(): Promise<void> {
-    const extract = this.#extract;
-    // A walker that failed destroys the stream before its catch runs: no drain or close is coming then.
-    if (this.#unusable || extract.destroying || extract.destroyed) return Promise.resolve();
-    return new Promise((resolve) => {
-      const done = () => {
-        extract.off("drain", done);
-        extract.off("close", done);
-        resolve();
-      };
-      extract.on("drain", done);
-      extract.on("close", done);
-    });
   }
 
   /** Walks the tar's entries, refusing what containerd would unpack larger than the tar. */
