@@ -6,14 +6,14 @@
 import { assert, assertEquals, assertMatch, assertStringIncludes } from "./assert.ts";
 import { startContainerd } from "./harness/containerd.ts";
 import { buildHandlerImage, cacheDir } from "./harness/images.ts";
-import { startDaemon } from "./harness/platform.ts";
+import { startDaemon, taskPermissions } from "./harness/platform.ts";
 import { curl } from "./curl.ts";
 
 const CLI = new URL("../cli.ts", import.meta.url).pathname;
 
 async function faas(url: string, args: string[], env: Record<string, string> = {}) {
   const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", CLI, "--url", url, ...args],
+    args: ["run", ...taskPermissions("faas"), CLI, "--url", url, ...args],
     env,
     stdout: "piped",
     stderr: "piped",
@@ -90,7 +90,7 @@ Deno.test("faas drives a running faasd end to end", async (t) => {
 
   await t.step("logs -f follows new output until stopped", async () => {
     const child = new Deno.Command(Deno.execPath(), {
-      args: ["run", "-A", CLI, "--url", d.url, "logs", "hello", "-f"],
+      args: ["run", ...taskPermissions("faas"), CLI, "--url", d.url, "logs", "hello", "-f"],
       stdout: "piped",
       stderr: "null",
     }).spawn();

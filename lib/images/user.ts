@@ -208,29 +208,27 @@ export async function resolveImageUser(
 
 /**
  * Detaches and removes the temporary mounts in `mountDir` of lookups a previous faasd did not finish (it died
- * mid-deploy).
+ * mid-deploy). Works from the directory's entries, not /proc: a lazy unmount takes the mounts below with it.
  *
- * @returns how many it removed.
+ * @returns how many such directories held a mount.
  */
 export async function reapRootfsMounts(mountDir: string): Promise<number> {
-  // mountinfo holds resolved paths, with spaces and the like escaped as octal.
-  const prefix = `${await Deno.realPath(mountDir)}/${ROOTFS_PREFIX}`;
-  const points = (await Deno.readTextFile("/proc/self/mountinfo")).split("\n")
-    .map((line) =>
-      (line.split(" ")[4] ?? "").replace(/\\([0-7]{3})/g, (_, octal) => String.fromCharCode(parseInt(octal, 8)))
-    )
-    .filter((point) => point.startsWith(prefix))
-    .sort((a, b) => b.length - a.length); // anything mounted inside one goes first
-  const dirs = new Set<string>();
-  for (const point of points) {
-    try {
-      detach(point);
-    } catch (err) {
-      console.error(`faasd: ${(err as Error).message}`);
+  let reaped = 0;
+  for await (const entry of Deno.readDir(mountDir)) {
+    if (!entry.name.startsWith(ROOTFS_PREFIX)) continue;
+    const point = `${mountDir}/${entry.name}`;
+    let mounted = false;
+    // Mounts may be stacked on one point; detaching fails (EINVAL) once none is left.
+    for (let i = 0; i < 16; i++) {
+      try {
+        detach(point);
+        mounted = true;
+      } catch {
+        break;
+      }
     }
-    const slash = point.indexOf("/", prefix.length); // a mount inside a lookup's directory
-    dirs.add(slash < 0 ? point : point.slice(0, slash));
+    if (mounted) reaped++;
+    await Deno.remove(point).catch(() => {});
   }
-  for (const dir of dirs) await Deno.remove(dir).catch(() => {});
-  return points.length;
+  return reaped;
 }

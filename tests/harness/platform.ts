@@ -176,6 +176,16 @@ async function healthy(url: string, netns?: string): Promise<boolean> {
   }
 }
 
+/**
+ * The `--allow-*` flags of a `deno task` in deno.json: the tests run the daemon and the CLI with exactly the
+ * permissions users run them with, so that one missing permission fails a test rather than a user.
+ */
+export function taskPermissions(task: "faasd" | "faas"): string[] {
+  const tasks = JSON.parse(Deno.readTextFileSync(`${ROOT}deno.json`)).tasks;
+  const command: string = typeof tasks[task] === "string" ? tasks[task] : tasks[task].command;
+  return command.split(/\s+/).filter((arg) => arg.startsWith("--allow-"));
+}
+
 /** Starts `deno run main.ts` against `ctd` and waits until `/healthz` answers. */
 export async function startDaemon(ctd: ContainerdInstance, opts: TestPlatformOptions = {}): Promise<Daemon> {
   const o = {
@@ -189,7 +199,7 @@ export async function startDaemon(ctd: ContainerdInstance, opts: TestPlatformOpt
   const daemon = [
     Deno.execPath(),
     "run",
-    "-A",
+    ...taskPermissions("faasd"),
     `${ROOT}main.ts`,
     "--api",
     `127.0.0.1:${apiPort}`,
