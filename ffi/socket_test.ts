@@ -9,10 +9,12 @@ import {
   UnixConn,
   UnixListener,
 } from "./socket.ts";
+import { compileHandler } from "../tests/harness/images.ts";
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 const REQUEST = encoder.encode("GET / HTTP/1.1\r\nHost: test\r\nUser-Agent: faasd-test\r\n\r\n");
+/** What the test handler's `noread` mode writes (the seed's example answer). */
 const RESPONSE = "HTTP/1.1 200 OK\r\n\r\nHello World!";
 
 /** Reads until end of stream; a reset surfaces as the thrown Deno.errors.ConnectionReset. */
@@ -35,7 +37,7 @@ async function acceptOne(poller: Poller, listener: TcpListener): Promise<TcpConn
   return conn;
 }
 
-/** Compiles `ffi/testdata/<name>.c` into `dir` and returns the executable's path. */
+/** Compiles `ffi/testdata/<name>.c` (a struct-layout probe) into `dir` and returns the executable's path. */
 async function compile(name: string, dir: string): Promise<string> {
   const output = `${dir}/${name}`;
   const source = new URL(`./testdata/${name}.c`, import.meta.url).pathname;
@@ -271,10 +273,10 @@ Deno.test("UnixConn.sendFd() throws EPIPE when the receiver is gone", async () =
  * passes the socket, the handler answers without reading and exits; faasd then sees bytes were sent, drains,
  * shuts down and closes. The client must get the whole response and a clean end of stream.
  */
-async function handOff(response: string): Promise<{ bytesSent: bigint; clientRead: string }> {
+async function handOff(mode: "noread" | "crash"): Promise<{ bytesSent: bigint; clientRead: string; code: number }> {
   const dir = await Deno.makeTempDir();
   try {
-    const handler = await compile("handler", dir);
+    const handler = await compileHandler();
     await using poller = new Poller();
     using listener = TcpListener.bind("127.10.0.8", 0);
     using control = UnixListener.bind(`${dir}/control.sock`);
@@ -282,14 +284,19 @@ async function handOff(response: string): Promise<{ bytesSent: bigint; clientRea
     await client.write(REQUEST);
     using conn = await acceptOne(poller, listener);
 
-    const child = new Deno.Command(handler, { args: [control.path, response], stderr: "inherit" }).spawn();
+    const child = new Deno.Command(handler, {
+      args: [mode],
+      env: { FAASD_CONTROL_SOCK: control.path },
+      stdout: "null",
+      stderr: "null",
+    }).spawn();
     assert.equal(await poller.wait(control.fd, "read", { timeoutMs: 10_000 }), "ready");
     {
       using handlerConn = control.accept();
       assert.ok(handlerConn);
       handlerConn.sendFd(conn.fd);
     }
-    assert.equal((await child.status).code, 0);
+    const { code } = await child.status;
 
     const bytesSent = conn.bytesSent();
     // The request was sent before the handoff, so it is all here; nobody read it.
@@ -297,20 +304,22 @@ async function handOff(response: string): Promise<{ bytesSent: bigint; clientRea
     assert.equal(conn.drain(), "again");
     conn.shutdown("write");
     conn.close();
-    return { bytesSent, clientRead: await readAll(client) };
+    return { bytesSent, clientRead: await readAll(client), code };
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
 }
 
 Deno.test("TcpConn.bytesSent() counts what a handler process wrote on its copy of the socket", async () => {
-  const { bytesSent, clientRead } = await handOff(RESPONSE);
+  const { bytesSent, clientRead, code } = await handOff("noread");
+  assert.equal(code, 0);
   assert.equal(bytesSent, BigInt(RESPONSE.length));
   assert.equal(clientRead, RESPONSE);
 });
 
 Deno.test("TcpConn.bytesSent() stays 0 when a handler process wrote nothing", async () => {
-  const { bytesSent, clientRead } = await handOff("-");
+  const { bytesSent, clientRead, code } = await handOff("crash");
+  assert.equal(code, 1);
   assert.equal(bytesSent, 0n);
   assert.equal(clientRead, "");
 });
