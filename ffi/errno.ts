@@ -97,7 +97,6 @@ export const ENOENT = 2;
 export const EBADF = 9;
 export const EAGAIN = 11;
 export const ENOTCONN = 107;
-export const EINPROGRESS = 115;
 
 /** Returns the symbolic name of an errno value, e.g. `"EAGAIN"`, or `"E<n>"` for one not in the table. */
 export function errnoName(errno: number): string {

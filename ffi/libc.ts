@@ -100,7 +100,6 @@ export const SOCK_NONBLOCK = 0o4000;
 export const SOCK_CLOEXEC = 0o2000000;
 export const SOL_SOCKET = 1;
 export const SO_REUSEADDR = 2;
-export const SO_ERROR = 4;
 export const SCM_RIGHTS = 1;
 export const IPPROTO_TCP = 6;
 /** `<netinet/tcp.h>`: getsockopt option returning `struct tcp_info`. */

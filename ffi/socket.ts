@@ -22,8 +22,7 @@
  * @module
  */
 
-import type { Poller } from "./epoll.ts";
-import { check, EAGAIN, EINPROGRESS, EINTR, ENOTCONN, ErrnoError, lastError } from "./errno.ts";
+import { check, EAGAIN, EINTR, ENOTCONN, lastError } from "./errno.ts";
 import {
   AF_INET,
   AF_UNIX,
@@ -36,7 +35,6 @@ import {
   SCM_RIGHTS,
   SHUT_RDWR,
   SHUT_WR,
-  SO_ERROR,
   SO_REUSEADDR,
   SOCK_CLOEXEC,
   SOCK_NONBLOCK,
@@ -144,16 +142,14 @@ export class TcpListener extends Fd {
    * gave up while queued; just accept again).
    */
   accept(): TcpConn | null {
-    const peer = new Uint8Array(SOCKADDR_IN_SIZE);
-    const length = new Uint32Array([SOCKADDR_IN_SIZE]);
-    // No SOCK_NONBLOCK: see the module doc.
-    const fd = libc().accept4(this.fd, peer, length, SOCK_CLOEXEC);
+    // No SOCK_NONBLOCK: see the module doc. The peer's address is looked up only if someone asks for it.
+    const fd = libc().accept4(this.fd, null, null, SOCK_CLOEXEC);
     if (fd === -1) {
       const error = lastError("accept4");
       if (error.errno === EAGAIN) return null;
       throw error;
     }
-    return new TcpConn(fd, decodeInet(peer));
+    return new TcpConn(fd);
   }
 }
 
@@ -170,52 +166,16 @@ export class TcpConn extends Fd {
    * Takes ownership of a connected TCP socket.
    *
    * @param fd the socket.
-   * @param peer the remote address, when already known (otherwise looked up on first use of `peer`).
    * @throws {RangeError} when `fd` is not a non-negative integer.
    */
-  constructor(fd: number, peer?: InetAddress) {
+  constructor(fd: number) {
     super(fd);
-    this.#peer = peer;
   }
 
   /**
-   * Opens a connection to `ip:port` without blocking: the socket is non-blocking and the handshake is awaited
-   * through `poller`.
+   * The remote address, looked up on first use.
    *
-   * @throws {TypeError} when `ip` is not a dotted-quad IPv4 address.
-   * @throws {RangeError} when `port` is out of range.
-   * @throws {ErrnoError} when the connection fails, e.g. `ECONNREFUSED`.
-   * @throws the signal's reason when `options.signal` aborts first.
-   */
-  static async connect(
-    poller: Poller,
-    ip: string,
-    port: number,
-    options: { signal?: AbortSignal } = {},
-  ): Promise<TcpConn> {
-    const address = encodeInet(ip, port);
-    const c = libc();
-    const conn = new TcpConn(check(c.socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0), "socket"));
-    try {
-      if (c.connect(conn.fd, address, address.byteLength) === -1) {
-        const error = lastError("connect", `${ip}:${port}`);
-        if (error.errno !== EINPROGRESS) throw error;
-        await poller.wait(conn.fd, "write", { signal: options.signal });
-        const status = getIntOption(conn.fd, SOL_SOCKET, SO_ERROR, "SO_ERROR");
-        if (status !== 0) throw new ErrnoError(status, "connect", `${ip}:${port}`);
-      }
-      return conn;
-    } catch (error) {
-      conn.close();
-      throw error;
-    }
-  }
-
-  /**
-   * The remote address.
-   *
-   * @throws {ErrnoError} from `getpeername` when it was not known at construction and the socket is no longer
-   * connected.
+   * @throws {ErrnoError} from `getpeername` when the socket is no longer connected.
    */
   get peer(): InetAddress {
     return this.#peer ??= socketName(this.fd, "getpeername");
@@ -555,13 +515,6 @@ function socketName(fd: number, call: "getsockname" | "getpeername"): InetAddres
   const length = new Uint32Array([SOCKADDR_IN_SIZE]);
   check(libc()[call](fd, address, length), call);
   return decodeInet(address);
-}
-
-function getIntOption(fd: number, level: number, option: number, name: string): number {
-  const value = new Int32Array(1);
-  const length = new Uint32Array([4]);
-  check(libc().getsockopt(fd, level, option, value, length), "getsockopt", name);
-  return value[0];
 }
 
 function checkBacklog(backlog: number): void {

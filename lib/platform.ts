@@ -97,7 +97,6 @@ export async function startPlatform(config: DaemonConfig, log: (message: string)
 
     const server = new Server({
       ...spawnDeps,
-      registry,
       metrics,
       port: config.port,
       connectTimeoutMs: config.connectTimeoutMs,

@@ -13,11 +13,13 @@ import { isNotFound } from "./containerd/errors.ts";
 import type { TcpConn } from "../ffi/socket.ts";
 import { Listeners } from "./listen.ts";
 import type { Metrics } from "./metrics.ts";
-import type { FunctionRecord, Registry } from "./registry.ts";
+import type { FunctionRecord } from "./registry.ts";
 import { RequestContainer, type SpawnDeps } from "./spawn.ts";
 
 /** How long shutdown waits for the cleanup of killed requests. */
 const CLEANUP_AFTER_ABORT_MS = 15_000;
+/** How long to wait for the client's end of stream after closing ours. */
+const LINGER_MS = 2000;
 
 /** Raised when a function's address cannot be listened on (taken, or not local); the API answers 409. */
 export class ListenError extends Error {
@@ -29,14 +31,11 @@ export class ListenError extends Error {
 
 /** What the server needs, handed in by the composition root. */
 export interface ServerDeps extends SpawnDeps {
-  registry: Registry;
   metrics: Metrics;
   port: number;
   connectTimeoutMs: number;
   requestTimeoutMs: number;
   maxConcurrency: number;
-  /** How long to wait for the client's end of stream after closing ours. */
-  lingerMs?: number;
 }
 
 const REASONS: Record<number, string> = {
@@ -62,6 +61,8 @@ export type Outcome = "ok" | "exited-early" | "empty" | "connect-timeout" | "req
 export class Server {
   readonly #deps: ServerDeps;
   readonly #listeners: Listeners;
+  /** What each served function runs now, as last handed to serve(): read per connection without the database. */
+  readonly #records = new Map<string, FunctionRecord>();
   readonly #inflight = new Map<string, number>();
   readonly #tasks = new Set<Promise<void>>();
   readonly #shutdown = new AbortController();
@@ -77,25 +78,29 @@ export class Server {
   }
 
   /**
-   * Starts listening on `record`'s address (a no-op when already listening).
+   * Serves `record` from the next connection on: starts listening on its address unless already listening (a
+   * redeploy keeps its address and only changes the image).
    *
    * @throws {ListenError} when the address cannot be bound.
    */
   serve(record: FunctionRecord): void {
-    if (this.#listeners.has(record.name)) return;
-    try {
-      this.#listeners.add(record.name, record.ip, this.#deps.port);
-    } catch (e) {
-      if (e instanceof ErrnoError) {
-        throw new ListenError(`cannot listen on ${record.ip}:${this.#deps.port}: ${e.message}`, { cause: e });
+    if (!this.#listeners.has(record.name)) {
+      try {
+        this.#listeners.add(record.name, record.ip, this.#deps.port);
+      } catch (e) {
+        if (e instanceof ErrnoError) {
+          throw new ListenError(`cannot listen on ${record.ip}:${this.#deps.port}: ${e.message}`, { cause: e });
+        }
+        throw e;
       }
-      throw e;
     }
+    this.#records.set(record.name, record);
   }
 
   /** Stops accepting for `name`; connections in flight finish. */
   stop(name: string): void {
     this.#listeners.remove(name);
+    this.#records.delete(name);
   }
 
   #track(task: Promise<void>): void {
@@ -110,7 +115,7 @@ export class Server {
     const { metrics, maxConcurrency } = this.#deps;
     const started = performance.now();
     const running = this.#inflight.get(name) ?? 0;
-    if (running >= maxConcurrency || this.#shutdown.signal.aborted) {
+    if (running >= maxConcurrency) {
       answer(conn, 503, `function ${name} is at its limit of ${maxConcurrency} concurrent requests`);
       metrics.requests.inc({ function: name, outcome: "overloaded" });
       return await this.#closeClient(conn);
@@ -124,7 +129,7 @@ export class Server {
     try {
       container = await this.#start(name);
       if (!container) {
-        answer(conn, 503, `function ${name} has no image deployed`);
+        answer(conn, 503, `function ${name} is no longer served`);
         return;
       }
       ({ outcome } = await this.#run(container, conn, started));
@@ -143,17 +148,17 @@ export class Server {
   }
 
   /**
-   * Starts a container on the function's current image; null when it has none. A redeploy can remove the image
-   * between reading the registry and preparing the snapshot on it: then the registry has moved on, and the start is
-   * tried once more on the new image.
+   * Starts a container on the function's current image; null when it is no longer served (deleted since the
+   * connection was accepted). A redeploy can remove the image between reading the record and preparing the
+   * snapshot on it: then the record has moved on, and the start is tried once more on the new image.
    */
   async #start(name: string): Promise<RequestContainer | null> {
-    const record = this.#deps.registry.get(name);
+    const record = this.#records.get(name);
     if (!record?.image) return null;
     try {
       return await RequestContainer.start(this.#deps, record, this.#shutdown.signal);
     } catch (e) {
-      const now = this.#deps.registry.get(name);
+      const now = this.#records.get(name);
       if (!isNotFound(e) || !now?.image || now.image.chainId === record.image.chainId) throw e;
       return await RequestContainer.start(this.#deps, now, this.#shutdown.signal);
     }
@@ -171,7 +176,7 @@ export class Server {
     const name = c.function;
     const state = await c.waitConnected(connectTimeoutMs, this.#shutdown.signal);
     if (state === "timeout") {
-      await c.kill();
+      // Killed by its removal, right after the client has this answer.
       answer(conn, 504, `function ${name} did not connect to /control.sock within ${connectTimeoutMs} ms`);
       return { outcome: "connect-timeout" };
     }
@@ -212,11 +217,10 @@ export class Server {
    * briefly for the client's FIN (discarding anything it still sends) before closing.
    */
   async #closeClient(conn: TcpConn): Promise<void> {
-    const linger = this.#deps.lingerMs ?? 2000;
     try {
       if (conn.drain() !== "eof") {
         conn.shutdown("write");
-        const deadline = Date.now() + linger;
+        const deadline = Date.now() + LINGER_MS;
         while (Date.now() < deadline) {
           const r = await this.#deps.poller.wait(conn.fd, "read", { timeoutMs: deadline - Date.now() });
           if (r === "timeout" || conn.drain() === "eof") break;

@@ -205,15 +205,8 @@ export class RequestContainer {
           .then((r) => r === "ready" ? "again" as const : "timeout" as const, () => "aborted" as const);
         const outcome = await Promise.race([ready, exited]);
         if (outcome === "aborted") throw signal?.reason ?? new Error("aborted");
-        if (outcome === "exited") {
-          // It may have connected just before exiting; a connection still queued counts.
-          const late = this.#listener.accept();
-          if (late) {
-            this.#control = late;
-            return "connected";
-          }
-          return "exited";
-        }
+        // A connection still queued from a process that has exited could not take the socket anyway.
+        if (outcome === "exited") return "exited";
         if (outcome === "timeout") return "timeout";
       } finally {
         signal?.removeEventListener("abort", onAbort);
