@@ -9,9 +9,9 @@
 import { DatabaseSync } from "node:sqlite";
 import { assertValidName, isValidName } from "./names.ts";
 import type { IpPool } from "./ipam.ts";
-import type { ProcessConfig } from "./spec.ts";
+import type { DeployedProcess } from "./spec.ts";
 
-export type { ProcessConfig } from "./spec.ts";
+export type { DeployedProcess } from "./spec.ts";
 
 /** The image a function runs, as the import left it in containerd. */
 export interface DeployedImage {
@@ -22,7 +22,7 @@ export interface DeployedImage {
   manifestDigest: string;
   /** The top committed snapshot of the unpacked image; each request's snapshot is prepared on it. */
   chainId: string;
-  config: ProcessConfig;
+  config: DeployedProcess;
 }
 
 /** `active`: served. `no-image`: imported from a seed `registry.json`, waiting for its image to be deployed. */

@@ -7,7 +7,14 @@ const image = (ref: string): DeployedImage => ({
   containerdName: `faasd.local/functions/x:latest`,
   manifestDigest: "sha256:" + "a".repeat(64),
   chainId: "sha256:" + "b".repeat(64),
-  config: { entrypoint: ["/handler"], cmd: [], env: [], workingDir: "/", user: "" },
+  config: {
+    entrypoint: ["/handler"],
+    cmd: [],
+    env: [],
+    workingDir: "/",
+    user: "",
+    resolvedUser: { uid: 0, gid: 0, additionalGids: [] },
+  },
 });
 
 Deno.test("Registry.deploy() allocates the lowest free IP and keeps it on redeploy", () => {

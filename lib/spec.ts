@@ -14,8 +14,19 @@ export interface ProcessConfig {
   workingDir: string;
   /** `USER` as the image states it. */
   user: string;
-  /** `user` resolved to ids against the image's files at deploy (absent in records of older deploys). */
-  resolvedUser?: { uid: number; gid: number; additionalGids: number[] };
+}
+
+/** Numeric ids a container process runs with. */
+export interface ResolvedUser {
+  uid: number;
+  gid: number;
+  /** Supplementary groups. */
+  additionalGids: number[];
+}
+
+/** The process of a deployed image: checked runnable at deploy, its `USER` resolved against the image's files. */
+export interface DeployedProcess extends ProcessConfig {
+  resolvedUser: ResolvedUser;
 }
 
 /** Where the control socket appears inside the container (the handler contract). */
@@ -40,27 +51,12 @@ const CAPABILITIES = [
   "CAP_AUDIT_WRITE",
 ];
 
-/**
- * Parses the image's `User` into numeric ids. Names would need the image's /etc/passwd, which a per-request
- * container cannot afford to read; they are refused at spawn with a clear error.
- *
- * @throws {TypeError} for a user name that is not numeric.
- */
-export function parseUser(user: string): { uid: number; gid: number } {
-  if (user === "") return { uid: 0, gid: 0 };
-  const [u, g] = user.split(":");
-  if (!/^\d+$/.test(u!) || (g !== undefined && !/^\d+$/.test(g))) {
-    throw new TypeError(`image user ${JSON.stringify(user)} is not numeric (use USER uid[:gid] in the image)`);
-  }
-  return { uid: Number(u), gid: g === undefined ? 0 : Number(g) };
-}
-
 /** Options of one container's spec. */
 export interface SpecOptions {
   /** Container id; also its cgroup name. */
   id: string;
   hostname: string;
-  process: ProcessConfig;
+  process: DeployedProcess;
   /** Host path of this container's control socket. */
   controlSocket: string;
   /** Resource limits; absent or 0: none. */
@@ -93,14 +89,9 @@ export async function hasSwapAccounting(cgroupRoot = "/sys/fs/cgroup"): Promise<
   }
 }
 
-/**
- * Builds the spec.
- *
- * @throws {TypeError} when the image has no command or a non-numeric user.
- */
+/** Builds the spec (the image was checked runnable at deploy: it has a command). */
 export function buildSpec(opts: SpecOptions): Record<string, unknown> {
   const args = [...opts.process.entrypoint, ...opts.process.cmd];
-  if (args.length === 0) throw new TypeError("the image has neither ENTRYPOINT nor CMD: nothing to run");
   const env = opts.process.env.some((e) => e.startsWith("PATH="))
     ? opts.process.env
     : [DEFAULT_PATH, ...opts.process.env];
@@ -109,7 +100,7 @@ export function buildSpec(opts: SpecOptions): Record<string, unknown> {
     ociVersion: "1.0.2-dev",
     process: {
       terminal: false,
-      user: opts.process.resolvedUser ?? parseUser(opts.process.user),
+      user: opts.process.resolvedUser,
       args,
       env,
       cwd: opts.process.workingDir || "/",

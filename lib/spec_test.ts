@@ -4,7 +4,14 @@ import { buildSpec, hasSwapAccounting } from "./spec.ts";
 const BASE = {
   id: "faasd-test",
   hostname: "fn",
-  process: { entrypoint: ["/handler"], cmd: ["hello"], env: [], workingDir: "", user: "" },
+  process: {
+    entrypoint: ["/handler"],
+    cmd: ["hello"],
+    env: [],
+    workingDir: "",
+    user: "",
+    resolvedUser: { uid: 0, gid: 0, additionalGids: [] },
+  },
   controlSocket: "/run/faasd/x.sock",
 };
 

@@ -22,6 +22,7 @@ import { type ArchiveContents, ingestArchive } from "./archive.ts";
 import { type LayerScan, SizeBudget } from "./layer_scan.ts";
 import { ImageImportError } from "./errors.ts";
 import { type ProcessConfig, resolveImage } from "./manifest.ts";
+import type { DeployedProcess } from "../spec.ts";
 import { unpackLayers } from "./unpack.ts";
 import { type ResolvedUser, resolveImageUser, type ResolveUserOptions } from "./user.ts";
 
@@ -76,7 +77,7 @@ export interface ImportedImage {
   /** The top committed snapshot of the unpacked image: prepare each container's snapshot on it. */
   chainId: string;
   /** What the container's process needs from the image config. */
-  config: ProcessConfig;
+  config: DeployedProcess;
 }
 
 /**

@@ -13,13 +13,9 @@ import { join } from "node:path";
 import type { Containerd } from "../containerd/client.ts";
 import { detach, ReadOnlyMount } from "../../ffi/mod.ts";
 
-/** Numeric ids a container process runs with. */
-export interface ResolvedUser {
-  uid: number;
-  gid: number;
-  /** Supplementary groups. */
-  additionalGids: number[];
-}
+import type { ResolvedUser } from "../spec.ts";
+
+export type { ResolvedUser } from "../spec.ts";
 
 /** The image's account databases; null when the image has no such file. */
 export interface AccountFiles {
