@@ -67,7 +67,7 @@ export async function startPlatform(config: DaemonConfig, log: (message: string)
   const registry = new Registry(`${stateDir}/faasd.db`);
   const seedJson = `${stateDir}/registry.json`;
   try {
-    const result = registry.importSeedJson(await Deno.readTextFile(seedJson));
+    const result = registry.importSeedJson(await Deno.readTextFile(seedJson), config.ipPool);
     if (result) {
       log(`imported ${result.imported.length} function(s) from ${seedJson} (redeploy them to serve)`);
       for (const s of result.skipped) log(`registry.json: skipped ${s}`);

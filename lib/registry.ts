@@ -186,12 +186,13 @@ export class Registry {
   /**
    * Imports a seed-format `registry.json` (`{"name": {"ip": "...", "image_ref": "..."}}`) once. Its functions have
    * no image in containerd yet, so they are kept as `no-image` (their names and addresses are reserved) until
-   * redeployed. Entries with an invalid name or an address already taken are skipped and reported.
+   * redeployed. Entries with an invalid name, an address outside `pool` (faasd would add it to the host) or one
+   * already taken are skipped and reported.
    *
    * @returns the names imported and the entries skipped with why; null when it had been imported before.
    * @throws {SyntaxError} when the file is not JSON of that shape.
    */
-  importSeedJson(text: string): { imported: string[]; skipped: string[] } | null {
+  importSeedJson(text: string, pool: IpPool): { imported: string[]; skipped: string[] } | null {
     const done = this.#db.prepare("SELECT value FROM meta WHERE key = 'seed_json_imported'").get();
     if (done) return null;
     const data = JSON.parse(text) as unknown;
@@ -208,6 +209,7 @@ export class Registry {
         const imageRef = (value as { image_ref?: unknown })?.image_ref;
         if (!isValidName(name)) skipped.push(`${name}: invalid name`);
         else if (typeof ip !== "string" || used.has(ip)) skipped.push(`${name}: missing or duplicate ip`);
+        else if (!pool.contains(ip)) skipped.push(`${name}: ${ip} is not in the pool ${pool.cidr}`);
         else if (this.get(name)) skipped.push(`${name}: already deployed`);
         else {
           const ref = typeof imageRef === "string" ? imageRef : "";

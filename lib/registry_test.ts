@@ -66,12 +66,16 @@ Deno.test("Registry.importSeedJson() imports a seed registry.json once, skipping
     "api-service": { ip: "10.0.0.11", image_ref: "api-service:latest" },
     "Bad_Name": { ip: "10.0.0.12", image_ref: "x" },
     "dup": { ip: "10.0.0.10", image_ref: "y" },
+    "outside": { ip: "8.8.8.8", image_ref: "z" },
+    "nonsense": { ip: "not an address", image_ref: "z" },
   });
-  const result = reg.importSeedJson(seed)!;
+  const pool = new IpPool("10.0.0.0/24");
+  const result = reg.importSeedJson(seed, pool)!;
   assertEquals(result.imported.sort(), ["api-service", "my-handler"]);
-  assertEquals(result.skipped.length, 2);
+  assertEquals(result.skipped.length, 4);
+  assertEquals(result.skipped.filter((s) => s.includes("is not in the pool 10.0.0.0/24")).length, 2);
   assertEquals(reg.get("my-handler")?.status, "no-image");
   assertEquals(reg.get("my-handler")?.imageRef, "my-handler:latest");
-  assertEquals(reg.importSeedJson(seed), null);
-  assertThrows(() => new Registry(":memory:").importSeedJson("[1]"), SyntaxError);
+  assertEquals(reg.importSeedJson(seed, pool), null);
+  assertThrows(() => new Registry(":memory:").importSeedJson("[1]", pool), SyntaxError);
 });
