@@ -9,19 +9,31 @@
  */
 
 import { daemonHelp, parseDaemonConfig } from "./lib/config.ts";
-import { startPlatform } from "./lib/platform.ts";
+import { type Platform, startPlatform } from "./lib/platform.ts";
 
 const log = (message: string) => console.error(`faasd: ${message}`);
 
 async function main(): Promise<void> {
   const config = parseDaemonConfig(Deno.args);
   if (config === "help") return console.log(daemonHelp());
-  const platform = await startPlatform(config, log);
+  // The API address is taken first: a second faasd started by mistake must fail here, before its start-up reaps
+  // the first one's containers and images. Requests wait until the platform is up.
+  const starting = Promise.withResolvers<Platform>();
+  starting.promise.catch(() => {}); // a failed start is reported below; waiting requests end with the process
   const http = Deno.serve({
     hostname: config.api.hostname,
     port: config.api.port,
     onListen: ({ hostname, port }) => log(`control API on http://${hostname}:${port}`),
-  }, platform.api);
+  }, async (req) => (await starting.promise).api(req));
+  let platform: Platform;
+  try {
+    platform = await startPlatform(config, log);
+  } catch (e) {
+    starting.reject(e);
+    await http.shutdown();
+    throw e;
+  }
+  starting.resolve(platform);
 
   const stopped = Promise.withResolvers<string>();
   for (const signal of ["SIGTERM", "SIGINT"] as const) Deno.addSignalListener(signal, () => stopped.resolve(signal));

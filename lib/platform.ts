@@ -5,6 +5,7 @@
  * @module
  */
 
+import { untilContainerdAnswers } from "./containerd/availability.ts";
 import { Containerd } from "./containerd/client.ts";
 import type { DaemonConfig } from "./config.ts";
 import { Registry } from "./registry.ts";
@@ -39,16 +40,12 @@ export interface Platform {
 }
 
 async function waitForContainerd(containerd: Containerd, address: string): Promise<string> {
-  let lastError: unknown;
-  for (let i = 0; i < 50; i++) {
-    try {
-      return (await containerd.version()).version;
-    } catch (e) {
-      lastError = e;
-      await new Promise((r) => setTimeout(r, 200));
-    }
+  await untilContainerdAnswers(containerd, Date.now() + 10_000);
+  try {
+    return (await containerd.version()).version;
+  } catch (e) {
+    throw new Error(`containerd is not answering on ${address}: ${(e as Error).message}`, { cause: e });
   }
-  throw new Error(`containerd is not answering on ${address}: ${(lastError as Error).message}`, { cause: lastError });
 }
 
 /**
@@ -153,10 +150,7 @@ export async function startPlatform(config: DaemonConfig, log: (message: string)
       })();
     const p = poller;
     return {
-      api: (req) => {
-        metrics.functions.set({}, registry.list().length);
-        return api(req);
-      },
+      api,
       functions,
       registry,
       containerd,

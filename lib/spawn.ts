@@ -11,6 +11,7 @@
  */
 
 import type { Containerd } from "./containerd/client.ts";
+import { answers, untilContainerdAnswers } from "./containerd/availability.ts";
 import { isNotFound } from "./containerd/errors.ts";
 import type { ExitStatus, Mount } from "./containerd/types.ts";
 import type { Poller } from "../ffi/epoll.ts";
@@ -41,20 +42,6 @@ export interface SpawnDeps {
 
 /** How long a task's exit is waited for again while containerd is unreachable (restarting). */
 const WAIT_RECONNECT_MS = 60_000;
-
-async function answers(containerd: Containerd): Promise<boolean> {
-  try {
-    await containerd.version();
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-/** Waits (polling) until containerd answers again or `deadline` passes. */
-async function untilContainerdAnswers(containerd: Containerd, deadline: number): Promise<void> {
-  while (Date.now() < deadline && !(await answers(containerd))) await new Promise((r) => setTimeout(r, 250));
-}
 
 /** Directory of the per-request control sockets. */
 export function socketDir(stateDir: string): string {

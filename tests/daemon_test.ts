@@ -7,7 +7,7 @@
 import { assert, assertEquals, assertStringIncludes } from "./assert.ts";
 import { startContainerd } from "./harness/containerd.ts";
 import { buildHandlerImage } from "./harness/images.ts";
-import { freePort, leftovers, NONE, startDaemon } from "./harness/platform.ts";
+import { freePort, leftovers, NONE, startDaemon, taskPermissions } from "./harness/platform.ts";
 import { curl } from "./curl.ts";
 
 async function upload(url: string, name: string, tarball: string, netns?: string): Promise<{ ip: string }> {
@@ -146,4 +146,39 @@ Deno.test("the seed's 10.0.0.0/24 pool works inside a network namespace", async 
   } finally {
     await sh(["ip", "netns", "del", netns]).catch(() => {});
   }
+});
+
+Deno.test("a second faasd on a busy --api exits before touching the first one's containers and images", async () => {
+  await using ctd = await startContainerd();
+  await using first = await startDaemon(ctd, { flags: ["--shutdown-grace", "1s"] });
+  const { ip } = await upload(first.url, "stuck", await buildHandlerImage("hang"));
+  const pending = curl(`http://${ip}:${first.port}/`);
+  using client = ctd.client(first.namespace);
+  for (let i = 0; i < 100 && (await client.listTasks()).length === 0; i++) await new Promise((r) => setTimeout(r, 50));
+  assertEquals((await client.listTasks()).length, 1);
+  const images = await client.listImages();
+
+  const stateDir = await Deno.makeTempDir({ prefix: "faasd-second-" });
+  try {
+    const second = await new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        ...taskPermissions("faasd"),
+        new URL("../main.ts", import.meta.url).pathname,
+        ...["--api", new URL(first.url).host, "--state-dir", stateDir, "--namespace", first.namespace],
+        ...["--containerd", ctd.socket, "--ip-pool", "127.201.0.0/24"],
+      ],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    assertEquals(second.code, 1);
+    assertStringIncludes(new TextDecoder().decode(second.stderr), "in use");
+  } finally {
+    await Deno.remove(stateDir, { recursive: true });
+  }
+  // The first one's request container and image are untouched, and it still ends that request itself.
+  assertEquals((await client.listTasks()).length, 1);
+  assertEquals(await client.listImages(), images);
+  assertEquals(await first.stop("SIGTERM"), 0);
+  assertEquals((await pending).status, 504);
 });
