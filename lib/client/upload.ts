@@ -78,7 +78,8 @@ async function readAnswer(conn: Deno.Conn): Promise<UploadAnswer> {
  *
  * @throws {TypeError} for a URL that is not plain http, or a header with a line break.
  * @throws {Deno.errors.ConnectionRefused} and other connection errors when faasd cannot be reached.
- * @throws whatever `body` errors with (e.g. a failed `docker save`), after closing the connection.
+ * @throws whatever `body` errors with (e.g. a failed `docker save`), after closing the connection. When the upload
+ *   cannot start, `body` is cancelled.
  */
 export async function upload(
   url: string,
@@ -86,12 +87,20 @@ export async function upload(
   body: ReadableStream<Uint8Array>,
   size?: number,
 ): Promise<UploadAnswer> {
-  for (const [k, v] of Object.entries(headers)) {
-    if (/[\r\n]/.test(k + v)) throw new TypeError(`header ${JSON.stringify(k)} must not contain a line break`);
+  let conn: Deno.TcpConn;
+  let u: URL;
+  try {
+    for (const [k, v] of Object.entries(headers)) {
+      if (/[\r\n]/.test(k + v)) throw new TypeError(`header ${JSON.stringify(k)} must not contain a line break`);
+    }
+    u = new URL(url);
+    if (u.protocol !== "http:") throw new TypeError(`only http:// URLs are supported for uploads, got ${u.protocol}`);
+    conn = await Deno.connect({ hostname: u.hostname, port: Number(u.port || 80) });
+  } catch (e) {
+    // Nothing will read the body now: cancelling it stops its source (e.g. ends a `docker save`).
+    await body.cancel(e).catch(() => {});
+    throw e;
   }
-  const u = new URL(url);
-  if (u.protocol !== "http:") throw new TypeError(`only http:// URLs are supported for uploads, got ${u.protocol}`);
-  const conn = await Deno.connect({ hostname: u.hostname, port: Number(u.port || 80) });
   try {
     conn.setNoDelay(true);
     const head = [`POST ${u.pathname}${u.search} HTTP/1.1`, `Host: ${u.host}`, "Connection: close"];

@@ -78,5 +78,9 @@ Deno.test("upload() rethrows a failing body and fails on a refused connection", 
   });
   await assertRejects(() => upload(url, {}, failing), RangeError, "export failed");
   await server.shutdown();
-  await assertRejects(() => upload(url, {}, stream(data, 1000), data.length), Deno.errors.ConnectionRefused);
+  let cancelled: unknown = null;
+  const source = new ReadableStream<Uint8Array>({ cancel: (reason) => void (cancelled = reason) });
+  await assertRejects(() => upload(url, {}, source, data.length), Deno.errors.ConnectionRefused);
+  // The body's source is told to stop: `faas new` must not leave a `docker save` running.
+  assertEquals(cancelled instanceof Deno.errors.ConnectionRefused, true);
 });
