@@ -45,6 +45,8 @@ async function snapshotOfStore(p: TestPlatform) {
     content: (await p.client.listContent()).map((c) => c.digest).sort(),
     committed: (await p.client.listSnapshots("overlayfs")).map((s) => s.name).sort(),
     functions: p.platform.registry.list().map((f) => f.name),
+    // A failed USER lookup must leave no mount point (nor mount) behind.
+    mountPoints: [...Deno.readDirSync(`${p.stateDir}/mnt`)].map((e) => e.name),
     ...(await leftovers(p.client)),
   };
 }

@@ -18,6 +18,7 @@ import {
   removeImage,
 } from "../lib/images/import.ts";
 import { chainIds, sha256Digest } from "../lib/images/digest.ts";
+import { concatBytes } from "../lib/bytes.ts";
 
 const ctd = await startContainerd();
 const MAX = 1 << 30;
@@ -36,7 +37,7 @@ async function readTar(bytes: Uint8Array): Promise<TarFile[]> {
     for await (const entry of extract) {
       const parts: Uint8Array[] = [];
       for await (const chunk of entry) parts.push(chunk as Uint8Array);
-      files.push({ header: entry.header, data: concat(parts) });
+      files.push({ header: entry.header, data: concatBytes(parts) });
     }
   })();
   extract.end(bytes);
@@ -49,7 +50,7 @@ async function packTar(files: TarFile[]): Promise<Uint8Array> {
   const out = (async () => {
     const parts: Uint8Array[] = [];
     for await (const chunk of pack) parts.push(chunk as Uint8Array);
-    return concat(parts);
+    return concatBytes(parts);
   })();
   for (const f of files) {
     await new Promise<void>((resolve, reject) => {
@@ -62,16 +63,6 @@ async function packTar(files: TarFile[]): Promise<Uint8Array> {
   }
   pack.finalize();
   return await out;
-}
-
-function concat(parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
 }
 
 async function gzip(data: Uint8Array): Promise<Uint8Array> {

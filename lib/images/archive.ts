@@ -59,8 +59,6 @@ export interface ArchiveContents {
   entries: Map<string, ArchiveBlob | ArchiveOther>;
   /** The archive's index files by name. */
   indexFiles: Map<string, Uint8Array>;
-  /** Bytes of tar read (after undoing a whole-archive gzip). */
-  tarBytes: number;
 }
 
 /** Options of {@linkcode ingestArchive}. */
@@ -120,7 +118,8 @@ export async function ingestArchive(
         if (result.kind === "blob" && result.json) jsonKept += result.json.length;
       }
     }
-    return { entries, indexFiles, tarBytes: await feeder };
+    await feeder;
+    return { entries, indexFiles };
   } catch (err) {
     stop.abort(err);
     extract.destroy();
@@ -178,7 +177,6 @@ async function readEntry(
       expected: expected ? `sha256:${expected}` : undefined,
     });
   } catch (err) {
-    if (err instanceof ImageImportError) throw err;
     if (err instanceof ContainerdError && (err.code === Code.FailedPrecondition || err.code === Code.InvalidArgument)) {
       throw new ImageImportError(`archive entry ${name} does not match its name's digest or size`, { cause: err });
     }
@@ -209,7 +207,6 @@ export function normalizeEntryName(raw: string): string {
   return parts.join("/");
 }
 
-/** Pumps `body` into the tar parser at the pace it accepts; resolves to the tar byte count. */
 /** By default, an upload that sends nothing for this long is abandoned. */
 const STALL_MS = 60_000;
 /** Input piece size for gunzip: at most ~4 MiB out per piece. */
@@ -243,18 +240,18 @@ function slicer(size: number): TransformStream<Uint8Array, Uint8Array> {
   });
 }
 
+/** Pumps `body` into the tar parser at the pace it accepts, charging `budget` with every byte of tar. */
 async function feed(
   extract: tar.Extract,
   body: ReadableStream<Uint8Array>,
   budget: SizeBudget,
   stallMs: number,
   signal: AbortSignal,
-): Promise<number> {
+): Promise<void> {
   const reader = body.getReader();
   // Cancelling is the only way to end a pending read when the upload stalls after we gave up.
   const onAbort = () => reader.cancel(signal.reason).catch(() => {});
   signal.addEventListener("abort", onAbort, { once: true });
-  let total = 0;
   try {
     // Enough bytes to tell gzip from tar, even when the upload starts with tiny chunks.
     const head: Uint8Array[] = [];
@@ -298,18 +295,16 @@ async function feed(
       try {
         next = await tarReader.read();
       } catch (err) {
-        if (signal.aborted) return total;
+        if (signal.aborted) return;
         if (!gzipped || err instanceof ImageImportError) throw err;
         throw new ImageImportError("image archive is not a valid gzip stream", { cause: err });
       }
       if (next.done || signal.aborted) break;
-      total += next.value.length;
       budget.charge(next.value.length);
       const buffer = Buffer.from(next.value.buffer, next.value.byteOffset, next.value.byteLength);
       if (!extract.write(buffer)) await drained(extract);
     }
     if (!signal.aborted) extract.end(undefined);
-    return total;
   } catch (err) {
     extract.destroy(err as Error);
     throw err;

@@ -24,7 +24,7 @@ import { ImageImportError } from "./errors.ts";
 import { type ProcessConfig, resolveImage } from "./manifest.ts";
 import type { DeployedProcess } from "../spec.ts";
 import { unpackLayers } from "./unpack.ts";
-import { type ResolvedUser, resolveImageUser, type ResolveUserOptions } from "./user.ts";
+import { resolveImageUser } from "./user.ts";
 
 export { ImageImportError, type ImageImportErrorKind, ImageTooLargeError } from "./errors.ts";
 export type { ProcessConfig } from "./manifest.ts";
@@ -132,6 +132,7 @@ export async function importImage(
       ref: `${refPrefix}-manifest`,
       labels: { [LABEL_MANAGED]: "true" },
     });
+    checkRunnable(image.process);
     checkLayers(contents, image.layers, options.maxBytes);
     const chainId = await unpackLayers(client, image.layers, image.diffIds, {
       snapshotter,
@@ -146,10 +147,9 @@ export async function importImage(
     for (const [i, layer] of image.layers.entries()) {
       await client.updateContentLabels(layer.digest, { "containerd.io/uncompressed": image.diffIds[i]! });
     }
-    checkRunnable(image.process);
     const process = {
       ...image.process,
-      resolvedUser: await resolveUser(client, image.process.user, {
+      resolvedUser: await resolveImageUser(client, image.process.user, {
         snapshotter,
         chainId,
         lease,
@@ -224,20 +224,6 @@ function checkLayers(contents: ArchiveContents, layers: readonly Descriptor[], m
 function checkRunnable(process: ProcessConfig): void {
   if (process.entrypoint.length + process.cmd.length === 0) {
     throw new ImageImportError("the image has neither ENTRYPOINT nor CMD: nothing to run");
-  }
-}
-
-/** Resolves the image's USER; one the image's files cannot resolve is the uploader's mistake (400). */
-async function resolveUser(
-  client: Containerd,
-  user: string,
-  options: ResolveUserOptions,
-): Promise<ResolvedUser> {
-  try {
-    return await resolveImageUser(client, user, options);
-  } catch (err) {
-    if (err instanceof TypeError) throw new ImageImportError(err.message, { cause: err });
-    throw err;
   }
 }
 

@@ -13,6 +13,8 @@
  * @module
  */
 
+import { Buffer } from "node:buffer";
+
 const BLOCK = 512;
 /** Go refuses PAX and GNU long-name data larger than this, so only this much of it is searched. */
 const MAX_SPECIAL = 1 << 20;
@@ -132,9 +134,5 @@ export class TarHeaderScanner {
 }
 
 function indexOf(haystack: Uint8Array, needle: Uint8Array): number {
-  outer: for (let i = 0; i + needle.length <= haystack.length; i++) {
-    for (let j = 0; j < needle.length; j++) if (haystack[i + j] !== needle[j]) continue outer;
-    return i;
-  }
-  return -1;
+  return Buffer.from(haystack.buffer, haystack.byteOffset, haystack.byteLength).indexOf(needle);
 }

@@ -51,12 +51,11 @@ export async function unpackLayers(
   let parent = "";
   for (const [i, layer] of layers.entries()) {
     const name = chain[i]!;
-    if (await client.statSnapshot(snapshotter, name) && await verifiedBefore(client, layer, diffIds[i]!)) {
-      // Already unpacked (another function, an earlier deploy): held until the image references it.
-      if (await hold(name)) {
-        parent = name;
-        continue;
-      }
+    // Already unpacked (another function, an earlier deploy) and known to be this layer: held until the image
+    // references it.
+    if (await verifiedBefore(client, layer, diffIds[i]!) && await hold(name)) {
+      parent = name;
+      continue;
     }
     // Not unpacked yet, or this upload's layer is not known to be what the existing snapshot holds: a chain id is
     // only the uploader's claim, so the layer is applied and checked (a commit that finds the chain then reuses it).

@@ -11,6 +11,7 @@
 
 import { join } from "node:path";
 import type { Containerd } from "../containerd/client.ts";
+import { ImageImportError } from "./errors.ts";
 import { detach, ReadOnlyMount } from "../../ffi/mod.ts";
 
 import type { ResolvedUser } from "../spec.ts";
@@ -42,7 +43,9 @@ export function isNumericUser(user: string): boolean {
 
 function id(text: string, what: string): number {
   const n = Number(text);
-  if (!NUMERIC.test(text) || n > MAX_ID) throw new TypeError(`${what} ${JSON.stringify(text)} is not a valid id`);
+  if (!NUMERIC.test(text) || n > MAX_ID) {
+    throw new ImageImportError(`${what} ${JSON.stringify(text)} is not a valid id`);
+  }
   return n;
 }
 
@@ -56,13 +59,13 @@ function entries(file: string | null): string[][] {
 /**
  * Resolves `user` against the image's account files.
  *
- * @throws {TypeError} when `user` is malformed, or names a user or group the files do not have.
+ * @throws {ImageImportError} when `user` is malformed, or names a user or group the files do not have.
  */
 export function lookupUser(user: string, files: AccountFiles): ResolvedUser {
   if (user === "") return { uid: 0, gid: 0, additionalGids: [] };
   const parts = user.split(":");
   if (parts.length > 2 || parts[0] === "" || parts[1] === "") {
-    throw new TypeError(`image user ${JSON.stringify(user)} is not of the form user[:group]`);
+    throw new ImageImportError(`image user ${JSON.stringify(user)} is not of the form user[:group]`);
   }
   const [userPart, groupPart] = parts as [string, string | undefined];
   // passwd: name:password:uid:gid:gecos:home:shell
@@ -71,7 +74,7 @@ export function lookupUser(user: string, files: AccountFiles): ResolvedUser {
     ? passwd.find((f) => f[2] === userPart)
     : passwd.find((f) => f[0] === userPart);
   if (!account && !NUMERIC.test(userPart)) {
-    throw new TypeError(
+    throw new ImageImportError(
       `image user ${JSON.stringify(userPart)} is not in the image's /etc/passwd${
         files.passwd === null ? " (it has none)" : ""
       }`,
@@ -84,7 +87,7 @@ export function lookupUser(user: string, files: AccountFiles): ResolvedUser {
     if (NUMERIC.test(groupPart)) return { uid, gid: id(groupPart, "gid"), additionalGids: [] };
     const group = groups.find((f) => f[0] === groupPart);
     if (!group) {
-      throw new TypeError(
+      throw new ImageImportError(
         `image group ${JSON.stringify(groupPart)} is not in the image's /etc/group${
           files.group === null ? " (it has none)" : ""
         }`,
@@ -106,7 +109,7 @@ export function lookupUser(user: string, files: AccountFiles): ResolvedUser {
  * Reads `path` (absolute, inside the image) from the root directory `root`, following symlinks as the container
  * would see them: absolute targets and `..` stay within `root`. Null when the file does not exist.
  *
- * @throws {TypeError} when the path leads to something other than a regular file, loops, or is too large.
+ * @throws {ImageImportError} when the path leads to something other than a regular file, loops, or is too large.
  */
 export async function readFileInRoot(root: string, path: string, maxBytes = MAX_FILE_BYTES): Promise<string | null> {
   let pending = path.split("/").filter((p) => p !== "" && p !== ".");
@@ -128,7 +131,7 @@ export async function readFileInRoot(root: string, path: string, maxBytes = MAX_
       throw err;
     }
     if (info.isSymlink) {
-      if (++hops > 40) throw new TypeError(`${path} in the image: too many symlinks`);
+      if (++hops > 40) throw new ImageImportError(`${path} in the image: too many symlinks`);
       const target = await Deno.readLink(host);
       if (target.startsWith("/")) resolved.length = 0;
       pending = [...target.split("/").filter((p) => p !== "" && p !== "."), ...pending];
@@ -136,12 +139,12 @@ export async function readFileInRoot(root: string, path: string, maxBytes = MAX_
     }
     if (pending.length > 0 && !info.isDirectory) return null;
     if (pending.length === 0) {
-      if (!info.isFile) throw new TypeError(`${path} in the image is not a regular file`);
-      if (info.size > maxBytes) throw new TypeError(`${path} in the image is larger than ${maxBytes} bytes`);
+      if (!info.isFile) throw new ImageImportError(`${path} in the image is not a regular file`);
+      if (info.size > maxBytes) throw new ImageImportError(`${path} in the image is larger than ${maxBytes} bytes`);
     }
     resolved.push(part);
   }
-  if (resolved.length === 0) throw new TypeError(`${path} in the image is not a regular file`);
+  if (resolved.length === 0) throw new ImageImportError(`${path} in the image is not a regular file`);
   return await Deno.readTextFile(join(root, ...resolved));
 }
 
@@ -161,7 +164,7 @@ export interface ResolveUserOptions {
 /**
  * Resolves `user` for the image unpacked at `options.chainId`, reading its account files only when needed.
  *
- * @throws {TypeError} when the user cannot be resolved (see {@linkcode lookupUser}).
+ * @throws {ImageImportError} when the user cannot be resolved (see {@linkcode lookupUser}).
  * @throws {ContainerdError} when containerd fails; {@linkcode ErrnoError} when the view cannot be mounted.
  */
 export async function resolveImageUser(
@@ -177,7 +180,7 @@ export async function resolveImageUser(
     // The kernel takes one page of mount options; containerd shortens longer ones in a helper process that changes
     // its working directory, which faasd's own process cannot do safely.
     if (mounts.some((m) => m.options.join(",").length >= MAX_MOUNT_DATA)) {
-      throw new TypeError(
+      throw new ImageImportError(
         `image user ${JSON.stringify(user)} cannot be looked up: the image has too many layers to mount; ` +
           "use a numeric USER uid:gid",
       );

@@ -1,5 +1,6 @@
 import { assertEquals, assertRejects, assertThrows } from "../../tests/assert.ts";
 import { ReadOnlyMount } from "../../ffi/mod.ts";
+import { ImageImportError } from "./errors.ts";
 import { isNumericUser, lookupUser, readFileInRoot, reapRootfsMounts } from "./user.ts";
 
 const PASSWD = [
@@ -30,13 +31,17 @@ Deno.test("lookupUser() uses a given group, by name or number, and then no suppl
   assertEquals(lookupUser("5:video", FILES), { uid: 5, gid: 44, additionalGids: [] });
 });
 
-Deno.test("lookupUser() throws TypeError for unknown names and malformed users", () => {
-  assertThrows(() => lookupUser("ghost", FILES), TypeError, `"ghost" is not in the image's /etc/passwd`);
-  assertThrows(() => lookupUser("app", { passwd: null, group: null }), TypeError, "(it has none)");
-  assertThrows(() => lookupUser("app:nogroup", FILES), TypeError, `group "nogroup" is not in the image's /etc/group`);
-  assertThrows(() => lookupUser("a:b:c", FILES), TypeError, "user[:group]");
-  assertThrows(() => lookupUser(":50", FILES), TypeError, "user[:group]");
-  assertThrows(() => lookupUser("99999999999", FILES), TypeError, "not a valid id");
+Deno.test("lookupUser() throws ImageImportError for unknown names and malformed users", () => {
+  assertThrows(() => lookupUser("ghost", FILES), ImageImportError, `"ghost" is not in the image's /etc/passwd`);
+  assertThrows(() => lookupUser("app", { passwd: null, group: null }), ImageImportError, "(it has none)");
+  assertThrows(
+    () => lookupUser("app:nogroup", FILES),
+    ImageImportError,
+    `group "nogroup" is not in the image's /etc/group`,
+  );
+  assertThrows(() => lookupUser("a:b:c", FILES), ImageImportError, "user[:group]");
+  assertThrows(() => lookupUser(":50", FILES), ImageImportError, "user[:group]");
+  assertThrows(() => lookupUser("99999999999", FILES), ImageImportError, "not a valid id");
 });
 
 Deno.test("isNumericUser() tells which users need no lookup", () => {
@@ -64,9 +69,9 @@ Deno.test("readFileInRoot() follows symlinks inside the root, never out to the h
     assertEquals(await readFileInRoot(root, "/etc/host"), null); // the host path does not exist inside the root
     assertEquals(await readFileInRoot(root, "/etc/group"), null);
     assertEquals(await readFileInRoot(root, "/data/passwd/x"), null);
-    await assertRejects(() => readFileInRoot(root, "/etc/loop"), TypeError, "too many symlinks");
-    await assertRejects(() => readFileInRoot(root, "/etc"), TypeError, "not a regular file");
-    await assertRejects(() => readFileInRoot(root, "/etc/passwd", 3), TypeError, "larger than 3 bytes");
+    await assertRejects(() => readFileInRoot(root, "/etc/loop"), ImageImportError, "too many symlinks");
+    await assertRejects(() => readFileInRoot(root, "/etc"), ImageImportError, "not a regular file");
+    await assertRejects(() => readFileInRoot(root, "/etc/passwd", 3), ImageImportError, "larger than 3 bytes");
   } finally {
     await Deno.remove(root, { recursive: true });
     await Deno.remove(outside, { recursive: true });
