@@ -28,7 +28,7 @@ export interface ImageStore {
 
 /** Serving of functions on their addresses. */
 export interface Serving {
-  /** Starts serving `record` (a no-op when it is served already); throws when it cannot listen. */
+  /** Serves `record` from the next connection on, listening unless already; throws when it cannot listen. */
   serve(record: FunctionRecord): void;
   /** Stops accepting connections for `name`; requests in flight finish. Idempotent. */
   stop(name: string): void;

@@ -95,6 +95,8 @@ Deno.test("faas drives a running faasd end to end", async (t) => {
       stderr: "null",
     }).spawn();
     const lines = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+    // Should the line never come, the follow is stopped rather than left to hang the suite.
+    const giveUp = setTimeout(() => child.kill(), 30_000);
     let seen = "";
     const before = (await faas(d.url, ["logs", "hello"])).stdout.split("\n").filter((l) => l.includes("served")).length;
     await curl(`http://${base}10:${d.port}/`);
@@ -103,6 +105,7 @@ Deno.test("faas drives a running faasd end to end", async (t) => {
       if (done) break;
       seen += value;
     }
+    clearTimeout(giveUp);
     assert(seen.split("\n").filter((l) => l.includes("served")).length > before, seen);
     child.kill();
     await lines.cancel();

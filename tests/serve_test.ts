@@ -39,7 +39,7 @@ Deno.test("every connection is served by a fresh container that receives the soc
   // answers have their own test with short timeouts.
   await using p = await startTestPlatform(ctd, { flags: ["--max-concurrency", "64"] });
   const urls: Record<string, string> = {};
-  for (const mode of ["hello", "noread", "marker", "crash", "exit", "big"]) {
+  for (const mode of ["hello", "noread", "marker", "crash", "exit", "hangup", "big"]) {
     urls[mode] = await deployMode(p, mode, mode);
   }
   const listenerAddr = new URL(urls.hello!).host;
@@ -87,6 +87,13 @@ Deno.test("every connection is served by a fresh container that receives the soc
   await t.step("a container that exits without connecting is answered 502", async () => {
     const r = await curl(urls.exit!);
     assertEquals([r.exit, r.status], [0, 502]);
+  });
+
+  await t.step("a container that connects, then exits without taking the socket, is answered 502", async () => {
+    for (let i = 0; i < 3; i++) {
+      const r = await curl(urls.hangup!);
+      assertEquals([r.exit, r.status], [0, 502]);
+    }
   });
 
   await t.step("50 concurrent requests are all answered", async () => {

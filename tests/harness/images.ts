@@ -32,6 +32,7 @@ export const HANDLER_MODES = [
   "noread",
   "crash",
   "exit",
+  "hangup",
   "noconnect",
   "hang",
   "marker",
