@@ -54,6 +54,17 @@ function answer(conn: TcpConn, status: number, text: string): void {
   } catch { /* client already gone */ }
 }
 
+/** Hands the client socket to `c`; false when its control connection is gone (EPIPE, ECONNRESET). */
+function tryHandoff(c: RequestContainer, conn: TcpConn): boolean {
+  try {
+    c.handoff(conn.fd);
+    return true;
+  } catch (e) {
+    if (e instanceof ErrnoError) return false;
+    throw e;
+  }
+}
+
 /** The outcome of one connection, as counted in metrics. */
 export type Outcome = "ok" | "exited-early" | "empty" | "connect-timeout" | "request-timeout" | "overloaded" | "error";
 
@@ -180,12 +191,15 @@ export class Server {
       answer(conn, 504, `function ${name} did not connect to /control.sock within ${connectTimeoutMs} ms`);
       return { outcome: "connect-timeout" };
     }
-    if (state === "exited") {
+    if (state === "connected") {
+      metrics.containerStartSeconds.observe({ function: name }, (performance.now() - started) / 1000);
+    }
+    // A container that hung up its control connection (it exited) cannot take the socket: the same answer as one
+    // that exited before connecting.
+    if (state === "exited" || !tryHandoff(c, conn)) {
       answer(conn, 502, `function ${name} exited without handling the request`);
       return { outcome: "exited-early" };
     }
-    metrics.containerStartSeconds.observe({ function: name }, (performance.now() - started) / 1000);
-    c.handoff(conn.fd);
 
     const left = Math.max(0, requestTimeoutMs - (performance.now() - started));
     // Ends early on the request timeout or on shutdown; the listener is removed so finished requests leave none.

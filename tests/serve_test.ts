@@ -93,6 +93,7 @@ Deno.test("every connection is served by a fresh container that receives the soc
     for (let i = 0; i < 3; i++) {
       const r = await curl(urls.hangup!);
       assertEquals([r.exit, r.status], [0, 502]);
+      assertStringIncludes(r.body, "exited without handling the request");
     }
   });
 
