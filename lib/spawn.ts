@@ -19,6 +19,7 @@ import { type UnixConn, UnixListener } from "../ffi/socket.ts";
 import type { FunctionRecord } from "./registry.ts";
 import { buildSpec, type ContainerLimits } from "./spec.ts";
 import { logPath, rotateIfNeeded } from "./logs.ts";
+import { randomHex } from "./random.ts";
 
 /** Label key marking everything faasd creates per request; its value is the kind of object. */
 export const KIND_LABEL = "io.faasd.kind";
@@ -46,11 +47,6 @@ const WAIT_RECONNECT_MS = 60_000;
 /** Directory of the per-request control sockets. */
 export function socketDir(stateDir: string): string {
   return `${stateDir}/run`;
-}
-
-function newId(): string {
-  const bytes = crypto.getRandomValues(new Uint8Array(10));
-  return `faasd-${Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("")}`;
 }
 
 /** How waiting for the container's connection ended. */
@@ -89,7 +85,7 @@ export class RequestContainer {
   static async start(deps: SpawnDeps, fn: FunctionRecord, signal?: AbortSignal): Promise<RequestContainer> {
     if (!fn.image) throw new TypeError(`function ${fn.name} has no image deployed`);
     signal?.throwIfAborted();
-    const id = newId();
+    const id = `faasd-${randomHex(10)}`;
     const listener = UnixListener.bind(`${socketDir(deps.stateDir)}/${id}.sock`);
     const c = new RequestContainer(deps, fn.name, id, listener);
     try {

@@ -83,6 +83,7 @@ import type {
   VersionInfo,
   WrittenBlob,
 } from "./types.ts";
+import { randomHex } from "../random.ts";
 
 export * from "./types.ts";
 export { Code, ContainerdError, isAlreadyExists, isNotFound, isUnavailable } from "./errors.ts";
@@ -773,10 +774,6 @@ async function call<T>(name: string, fn: () => Promise<T>): Promise<T> {
 
 function leaseHeaders(lease: string | undefined): CallOptions["headers"] {
   return lease ? { "containerd-lease": lease } : undefined;
-}
-
-function randomHex(bytes: number): string {
-  return Array.from(crypto.getRandomValues(new Uint8Array(bytes)), (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
 function dropEmpty(labels: Record<string, string>): Record<string, string> {

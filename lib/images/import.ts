@@ -25,6 +25,7 @@ import { type ProcessConfig, resolveImage } from "./manifest.ts";
 import type { DeployedProcess } from "../spec.ts";
 import { unpackLayers } from "./unpack.ts";
 import { resolveImageUser } from "./user.ts";
+import { randomHex } from "../random.ts";
 
 export { ImageImportError, type ImageImportErrorKind, ImageTooLargeError } from "./errors.ts";
 export type { ProcessConfig } from "./manifest.ts";
@@ -246,8 +247,4 @@ function toImportError(err: unknown): ImageImportError {
   }
   const message = err instanceof Error ? err.message : String(err);
   return new ImageImportError(`image import failed: ${message}`, { kind: "internal", cause: err });
-}
-
-function randomHex(bytes: number): string {
-  return Array.from(crypto.getRandomValues(new Uint8Array(bytes)), (b) => b.toString(16).padStart(2, "0")).join("");
 }

@@ -9,6 +9,7 @@
 
 import { join } from "node:path";
 import { compileHandler, FIXTURES_DIR } from "./images.ts";
+import { assert, assertEquals } from "../assert.ts";
 
 interface PeerEvent {
   event: string;
@@ -162,15 +163,6 @@ function parseResponse(raw: Uint8Array): ParsedResponse {
   const length = headers.get("content-length");
   if (length !== undefined) assertEquals(body.length, Number(length), "body length vs Content-Length");
   return { status: Number(match[1]), headers, body };
-}
-
-function assert(cond: unknown, message: string): asserts cond {
-  if (!cond) throw new Error(message);
-}
-
-function assertEquals(actual: unknown, expected: unknown, what: string) {
-  const a = JSON.stringify(actual), e = JSON.stringify(expected);
-  assert(a === e, `${what}: expected ${e}, got ${a}`);
 }
 
 const GET = "GET / HTTP/1.1\r\nHost: test\r\n\r\n";
