@@ -38,7 +38,8 @@ export async function removeLogs(path: string): Promise<void> {
   for (const p of [path, `${path}.1`]) await Deno.remove(p).catch(() => {});
 }
 
-async function readFrom(path: string, offset: number): Promise<Uint8Array | null> {
+/** Reads up to 1 MiB of `path` from `offset`, with the inode read (the file, not the name); null when missing. */
+async function readFrom(path: string, offset: number): Promise<{ ino: number | null; bytes: Uint8Array } | null> {
   let file: Deno.FsFile;
   try {
     file = await Deno.open(path);
@@ -47,12 +48,12 @@ async function readFrom(path: string, offset: number): Promise<Uint8Array | null
     throw e;
   }
   try {
-    const { size } = await file.stat();
-    if (size <= offset) return new Uint8Array(0);
+    const { size, ino } = await file.stat();
+    if (size <= offset) return { ino, bytes: new Uint8Array(0) };
     await file.seek(offset, Deno.SeekMode.Start);
     const buf = new Uint8Array(Math.min(size - offset, 1 << 20));
     const n = await file.read(buf);
-    return buf.subarray(0, n ?? 0);
+    return { ino, bytes: buf.subarray(0, n ?? 0) };
   } finally {
     file.close();
   }
@@ -77,7 +78,7 @@ export function logStream(
       while (true) {
         if (opts.signal?.aborted) return controller.close();
         if (phase === "rotated") {
-          const chunk = await readFrom(`${path}.1`, offset);
+          const chunk = (await readFrom(`${path}.1`, offset))?.bytes;
           if (chunk && chunk.length) {
             offset += chunk.length;
             return controller.enqueue(chunk);
@@ -86,13 +87,17 @@ export function logStream(
           offset = 0;
           continue;
         }
-        const stat = await Deno.stat(path).catch(() => null);
-        if (stat && ino !== null && stat.ino !== ino) offset = 0; // rotated while following
-        if (stat) ino = stat.ino;
-        const chunk = await readFrom(path, offset);
-        if (chunk && chunk.length) {
-          offset += chunk.length;
-          return controller.enqueue(chunk);
+        const read = await readFrom(path, offset);
+        if (read && ino !== null && read.ino !== ino) {
+          // Rotated while following: the file followed so far is `.1` now. Its rest first, then the new one.
+          phase = "rotated";
+          ino = null;
+          continue;
+        }
+        if (read) ino = read.ino;
+        if (read?.bytes.length) {
+          offset += read.bytes.length;
+          return controller.enqueue(read.bytes);
         }
         if (!opts.follow) return controller.close();
         await new Promise((resolve) => setTimeout(resolve, pollMs));
