@@ -1,8 +1,8 @@
 /**
  * `faas`: the command-line client of a faasd control API.
  *
- *     deno task faas [--url URL] new IMAGE [--name N] [--tar FILE]
- *     deno task faas [--url URL] ip NAME | list [--json] | delete NAME | logs NAME [-f]
+ *     deno task faas [--url URL] [--token TOKEN] new IMAGE [--name N] [--tar FILE]
+ *     deno task faas [--url URL] [--token TOKEN] ip NAME | list [--json] | delete NAME | logs NAME [-f]
  *
  * `FAAS_URL` is the default for `--url` (else http://127.0.0.1:8080), `FAAS_TOKEN` for `--token`. Every failure
  * prints one line and exits 1.
