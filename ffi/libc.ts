@@ -58,6 +58,12 @@ const SYMBOLS = {
     result: "i32",
     nonblocking: true,
   },
+  // int mkfifo(const char *pathname, mode_t mode);
+  mkfifo: { parameters: ["buffer", "u32"], result: "i32" },
+  // int open(const char *pathname, int flags, mode_t mode);
+  open: { parameters: ["buffer", "i32", "u32"], result: "i32" },
+  // int fcntl(int fd, int cmd, int arg);  (the int-argument form)
+  fcntl: { parameters: ["i32", "i32", "i32"], result: "i32" },
   // int eventfd(unsigned int initval, int flags);
   eventfd: { parameters: ["u32", "i32"], result: "i32" },
   // int mount(const char *source, const char *target, const char *filesystemtype, unsigned long mountflags,
@@ -100,6 +106,8 @@ export const SOCK_NONBLOCK = 0o4000;
 export const SOCK_CLOEXEC = 0o2000000;
 export const SOL_SOCKET = 1;
 export const SO_REUSEADDR = 2;
+/** `SO_MARK`: the mark on every packet the socket sends; setting it needs CAP_NET_ADMIN in the socket's netns. */
+export const SO_MARK = 36;
 export const SCM_RIGHTS = 1;
 export const IPPROTO_TCP = 6;
 /** `<netinet/tcp.h>`: getsockopt option returning `struct tcp_info`. */
@@ -110,6 +118,14 @@ export const MSG_NOSIGNAL = 0x4000;
 export const MSG_CMSG_CLOEXEC = 0x40000000;
 export const SHUT_WR = 1;
 export const SHUT_RDWR = 2;
+
+// <fcntl.h>
+export const O_RDONLY = 0;
+export const O_WRONLY = 1;
+export const O_NONBLOCK = 0o4000;
+export const O_CLOEXEC = 0o2000000;
+export const F_SETPIPE_SZ = 1031;
+export const F_GETPIPE_SZ = 1032;
 
 // <sys/epoll.h>
 export const EPOLL_CLOEXEC = 0o2000000;

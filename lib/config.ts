@@ -26,8 +26,26 @@ export interface DaemonConfig {
   shutdownGraceMs: number;
   /** Bearer token the control API requires; null: no authentication. */
   apiToken: string | null;
-  /** What each request's container may use (0: no limit). */
-  limits: { memoryBytes: number; pids: number };
+  /** What each request's container may use (0: no limit); per-function settings may only lower these. */
+  limits: DaemonLimits;
+  /** What all request containers together may use (their parent cgroup); "auto" is sized from the host at start. */
+  totals: { memoryBytes: number | "auto"; cpus: number | "auto"; pids: number | "auto" };
+  /** `default` (faasd's profile), `unconfined`, or the path of a profile in the docker/containers JSON format. */
+  seccomp: string;
+  /** Whether handed-over sockets are kept from opening connections (nftables), or the operator opted out. */
+  socketGuard: "nftables" | "off";
+}
+
+/** The daemon's per-container limits: the defaults, and the ceilings of per-function settings. */
+export interface DaemonLimits {
+  memoryBytes: number;
+  pids: number;
+  /** CPUs (CFS quota); 0: no limit. */
+  cpus: number;
+  /** Size of the container's writable tmpfs (`/tmp`, or the whole root when writable). */
+  scratchBytes: number;
+  /** How long one request's container may run (the request timeout). */
+  timeoutMs: number;
 }
 
 interface FlagSpec {
@@ -72,6 +90,41 @@ export const FLAGS = {
     default: "256",
     help: "processes and threads one request's container may run at once (0: no limit)",
   },
+  "cpu-limit": {
+    env: "FAASD_CPU_LIMIT",
+    default: "1",
+    help: "CPUs one request's container may use (CFS quota, e.g. 0.5; 0: no limit)",
+  },
+  "scratch-size": {
+    env: "FAASD_SCRATCH_SIZE",
+    default: "64MiB",
+    help: "writable space of a container: its /tmp (or its root, when writable); counts against its memory",
+  },
+  "total-memory": {
+    env: "FAASD_TOTAL_MEMORY",
+    default: "auto",
+    help: "memory all request containers together may use (auto: host memory less a reserve)",
+  },
+  "total-cpu": {
+    env: "FAASD_TOTAL_CPU",
+    default: "auto",
+    help: "CPUs all request containers together may use (auto: host CPUs less half a CPU)",
+  },
+  "total-pids": {
+    env: "FAASD_TOTAL_PIDS",
+    default: "auto",
+    help: "processes all request containers together may run (auto: 4096 or less on small hosts)",
+  },
+  "seccomp": {
+    env: "FAASD_SECCOMP",
+    default: "default",
+    help: "seccomp profile: default, unconfined, or a profile file in the docker/containers JSON format",
+  },
+  "socket-guard": {
+    env: "FAASD_SOCKET_GUARD",
+    default: "nftables",
+    help: "keep handed-over sockets from opening connections: nftables, or off (unsafe: operator opt-out)",
+  },
   "log-max-size": { env: "FAASD_LOG_MAX_SIZE", default: "10MiB", help: "size cap of each function's log file" },
   "api-token": {
     env: "FAASD_API_TOKEN",
@@ -86,10 +139,22 @@ export const FLAGS = {
 } as const satisfies Record<string, FlagSpec>;
 
 /** A container memory limit: 0 (none) or at least 4 MiB, below which runc cannot even start one. @throws {TypeError} */
-export function parseMemoryLimit(text: string): number {
-  const bytes = parseSize(text, "--memory-limit");
-  if (bytes !== 0 && bytes < 4 << 20) throw new TypeError("--memory-limit must be 0 (no limit) or at least 4MiB");
+export function parseMemoryLimit(text: string, what = "--memory-limit"): number {
+  const bytes = parseSize(text, what);
+  if (bytes !== 0 && bytes < 4 << 20) throw new TypeError(`${what} must be 0 (no limit) or at least 4MiB`);
   return bytes;
+}
+
+/** A scratch (tmpfs) size: at least 1 MiB. @throws {TypeError} */
+function parseScratchSize(text: string): number {
+  const bytes = parseSize(text, "--scratch-size");
+  if (bytes < 1 << 20) throw new TypeError("--scratch-size must be at least 1MiB");
+  return bytes;
+}
+
+function parseSocketGuard(text: string): "nftables" | "off" {
+  if (text === "nftables" || text === "off") return text;
+  throw new TypeError(`invalid --socket-guard ${JSON.stringify(text)}: nftables or off`);
 }
 
 /** An API token: empty (no authentication) or 16+ visible ASCII characters. @throws {TypeError} */
@@ -123,6 +188,20 @@ export function parseSize(text: string, what: string): number {
     gib: 1024 ** 3,
   };
   return Math.round(Number(m[1]) * units[(m[2] ?? "b").toLowerCase()]!);
+}
+
+/** A number of CPUs: 0 (no limit) or from 0.01 up. @throws {TypeError} */
+export function parseCpus(text: string, what: string): number {
+  const n = Number(text);
+  if (!/^\d+(\.\d+)?$/.test(text.trim()) || (n !== 0 && n < 0.01)) {
+    throw new TypeError(`invalid ${what}: ${JSON.stringify(text)} (a number of CPUs, e.g. 0.5 or 2; 0: no limit)`);
+  }
+  return n;
+}
+
+/** `auto`, or what `parse` makes of the text. */
+function orAuto<T>(text: string, parse: (text: string) => T): T | "auto" {
+  return text === "auto" ? "auto" : parse(text);
 }
 
 function parsePort(text: string, what: string): number {
@@ -192,6 +271,16 @@ export function parseDaemonConfig(
     limits: {
       memoryBytes: parseMemoryLimit(get("memory-limit")),
       pids: get("pids-limit") === "0" ? 0 : parsePositiveInt(get("pids-limit"), "--pids-limit"),
+      cpus: parseCpus(get("cpu-limit"), "--cpu-limit"),
+      scratchBytes: parseScratchSize(get("scratch-size")),
+      timeoutMs: parseDuration(get("request-timeout"), "--request-timeout"),
     },
+    totals: {
+      memoryBytes: orAuto(get("total-memory"), (t) => parseMemoryLimit(t, "--total-memory")),
+      cpus: orAuto(get("total-cpu"), (t) => parseCpus(t, "--total-cpu")),
+      pids: orAuto(get("total-pids"), (t) => t === "0" ? 0 : parsePositiveInt(t, "--total-pids")),
+    },
+    seccomp: get("seccomp"),
+    socketGuard: parseSocketGuard(get("socket-guard")),
   };
 }
