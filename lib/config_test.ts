@@ -14,13 +14,18 @@ Deno.test("parseDaemonConfig() uses the documented defaults", () => {
   assertEquals(c.requestTimeoutMs, 60000);
   assertEquals(c.runtime, "runc");
   assertEquals(c.apiToken, null);
-  assertEquals(c.limits, { memoryBytes: 512 * 1024 ** 2, pids: 256 });
+  assertEquals(c.limits, { memoryBytes: 512 * 1024 ** 2, pids: 256, cpus: 1, scratchBytes: 64 << 20, timeoutMs: 60000 });
+  assertEquals(c.totals, { memoryBytes: "auto", cpus: "auto", pids: "auto" });
+  assertEquals([c.seccomp, c.socketGuard], ["default", "nftables"]);
 });
 
 Deno.test("parseDaemonConfig() takes 0 as no limit and refuses a memory limit no container can start in", () => {
-  const c = parseDaemonConfig(["--memory-limit", "0", "--pids-limit", "0"], () => undefined);
+  const c = parseDaemonConfig(["--memory-limit", "0", "--pids-limit", "0", "--cpu-limit", "0"], () => undefined);
   if (c === "help") throw new Error("unexpected help");
-  assertEquals(c.limits, { memoryBytes: 0, pids: 0 });
+  assertEquals([c.limits.memoryBytes, c.limits.pids, c.limits.cpus], [0, 0, 0]);
+  assertThrows(() => parseDaemonConfig(["--cpu-limit", "-1"], () => undefined), TypeError, "CPUs");
+  assertThrows(() => parseDaemonConfig(["--socket-guard", "maybe"], () => undefined), TypeError, "nftables or off");
+  assertThrows(() => parseDaemonConfig(["--total-memory", "2MiB"], () => undefined), TypeError, "--total-memory");
   assertThrows(() => parseDaemonConfig(["--memory-limit", "1MiB"], () => undefined), TypeError, "at least 4MiB");
   assertThrows(() => parseDaemonConfig(["--pids-limit", "-1"], () => undefined), TypeError);
 });
