@@ -1,8 +1,12 @@
 /**
  * `faas`: the command-line client of a faasd control API.
  *
- *     deno task faas [--url URL] [--token TOKEN] new IMAGE [--name N] [--tar FILE]
+ *     deno task faas [--url URL] [--token TOKEN] new IMAGE [--name N] [--tar FILE] [LIMITS]
+ *     deno task faas [--url URL] [--token TOKEN] scale NAME [LIMITS] [--default KEY]
  *     deno task faas [--url URL] [--token TOKEN] ip NAME | list [--json] | delete NAME | logs NAME [-f]
+ *
+ * LIMITS are `--memory SIZE --cpu N --pids N --timeout D --rootfs readonly|writable`, each optional, sent as they
+ * were typed: faasd checks them against its own flags.
  *
  * `FAAS_URL` is the default for `--url` (else http://127.0.0.1:8080), `FAAS_TOKEN` for `--token`. Every failure
  * prints one line and exits 1.
@@ -13,15 +17,21 @@
 import { parseArgs } from "node:util";
 import { nameFromImage } from "./lib/names.ts";
 import { upload, type UploadAnswer } from "./lib/client/upload.ts";
+import { formatDuration, formatSize, SETTING_KEYS } from "./lib/settings.ts";
 
 const USAGE = `Usage: faas [--url URL] [--token TOKEN] <command> [options]
 
 Commands:
-  new IMAGE [--name N] [--tar FILE]  deploy a local image (docker save / podman save streamed to faasd), print its IP
-  ip NAME                            print the IP of a function
-  list [--json]                      list functions: IMAGE  IP  STATUS
-  delete NAME                        stop serving a function, free its IP, remove its image
-  logs NAME [-f]                     print a function's container output; -f follows it
+  new IMAGE [--name N] [--tar FILE] [LIMITS]  deploy a local image (docker save / podman save streamed to faasd),
+                                              print its IP
+  scale NAME [LIMITS] [--default KEY]         change a function's limits; --default KEY returns one to faasd's
+  ip NAME                                     print the IP of a function
+  list [--json]                               list functions: IMAGE  IP  STATUS
+  delete NAME                                 stop serving a function, free its IP, remove its image
+  logs NAME [-f]                              print a function's container output; -f follows it
+
+Limits of each request's container (at most faasd's own, which apply where none is given):
+  --memory SIZE  --cpu N  --pids N  --timeout D  --rootfs readonly|writable
 
 Options:
   --url URL      faasd control API (env FAAS_URL, default http://127.0.0.1:8080)
@@ -29,13 +39,30 @@ Options:
   --help         help for faas or for a command
 `;
 
+/** The limits options of new and scale, one per setting key (faasd checks the values). */
+const LIMITS_HELP = `  --memory SIZE    memory, e.g. 256MiB (at most faasd's --memory-limit)
+  --cpu N          CPUs, e.g. 0.5 (at most faasd's --cpu-limit)
+  --pids N         processes and threads at once (at most faasd's --pids-limit)
+  --timeout D      how long one request may run, e.g. 30s (at most faasd's --request-timeout)
+  --rootfs MODE    readonly (default: only /tmp is writable) or writable
+`;
+
 const COMMAND_HELP: Record<string, string> = {
-  new: `Usage: faas new IMAGE [--name N] [--tar FILE]
+  new: `Usage: faas new IMAGE [--name N] [--tar FILE] [--memory SIZE] [--cpu N] [--pids N] [--timeout D]
+                [--rootfs readonly|writable]
 
 Exports IMAGE with \`docker save\` (or \`podman save\` where docker has no such image) and streams it straight to
-faasd, which imports it into containerd and serves it on its own IP. Prints the IP.
-  --name N    function name (default: derived from IMAGE, e.g. registry/my-handler:1 → my-handler)
-  --tar FILE  upload FILE (a docker save / podman save tarball) instead of exporting IMAGE
+faasd, which imports it into containerd and serves it on its own IP. Prints the IP. Limits given are set for the
+function (a redeploy keeps those set before); the others follow faasd's flags.
+  --name N         function name (default: derived from IMAGE, e.g. registry/my-handler:1 → my-handler)
+  --tar FILE       upload FILE (a docker save / podman save tarball) instead of exporting IMAGE
+${LIMITS_HELP}`,
+  scale: `Usage: faas scale NAME [--memory SIZE] [--cpu N] [--pids N] [--timeout D] [--rootfs readonly|writable]
+                  [--default KEY]...
+
+Changes the limits of function NAME's containers from its next request on, and prints them all. Limits not given
+stay as they are.
+${LIMITS_HELP}  --default KEY    return KEY (${SETTING_KEYS.join(", ")}) to faasd's default; may be repeated
 `,
   ip: "Usage: faas ip NAME\n\nPrints the IP address of function NAME.\n",
   list: "Usage: faas list [--json]\n\nLists deployed functions as a table IMAGE  IP  STATUS, or as faasd's JSON.\n",
@@ -170,10 +197,28 @@ function exportImage(engine: string, image: string): ReadableStream<Uint8Array> 
   });
 }
 
+/** The limits options, named as the settings keys faasd takes. */
+const LIMIT_OPTIONS = {
+  memory: { type: "string" },
+  cpu: { type: "string" },
+  pids: { type: "string" },
+  timeout: { type: "string" },
+  rootfs: { type: "string" },
+} as const;
+
+/** The limits options that were given, as settings (text, as typed). */
+function givenLimits(values: Record<string, unknown>): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const key of Object.keys(LIMIT_OPTIONS)) {
+    if (typeof values[key] === "string") out[key] = values[key];
+  }
+  return out;
+}
+
 async function cmdNew(api: Target, args: string[]): Promise<void> {
   const { values, positionals } = parseArgs({
     args,
-    options: { name: { type: "string" }, tar: { type: "string" } },
+    options: { name: { type: "string" }, tar: { type: "string" }, ...LIMIT_OPTIONS },
     allowPositionals: true,
   });
   const image = positionals[0];
@@ -195,8 +240,9 @@ async function cmdNew(api: Target, args: string[]): Promise<void> {
   }
   let answer: UploadAnswer;
   try {
+    const query = new URLSearchParams(givenLimits(values)).toString();
     answer = await upload(
-      `${api.url}/api/new`,
+      `${api.url}/api/new${query ? `?${query}` : ""}`,
       { ...api.headers, "x-image-name": name, "content-type": "application/x-tar" },
       withProgress(body, total),
       total,
@@ -235,6 +281,57 @@ async function cmdList(api: Target, args: string[]): Promise<void> {
   for (const r of rows) console.log(r[0]!.padEnd(width[0]!) + r[1]!.padEnd(width[1]!) + r[2]);
 }
 
+/** A function as `GET /api/list` and `PATCH /api/functions/NAME` show it (the fields scale prints). */
+interface Entry {
+  memory_bytes: number;
+  cpus: number;
+  pids: number;
+  timeout_ms: number;
+  rootfs: string;
+  settings: Record<string, unknown>;
+}
+
+/** `hello: memory 256MiB, cpu 0.5, pids 256 (default), …`: what each request's container gets; 0 is no limit. */
+function limitsLine(name: string, f: Entry): string {
+  const shown: [string, string][] = [
+    ["memory", f.memory_bytes ? formatSize(f.memory_bytes) : "unlimited"],
+    ["cpu", f.cpus ? String(f.cpus) : "unlimited"],
+    ["pids", f.pids ? String(f.pids) : "unlimited"],
+    ["timeout", f.timeout_ms ? formatDuration(f.timeout_ms) : "unlimited"],
+    ["rootfs", f.rootfs],
+  ];
+  const parts = shown.map(([key, value]) => `${key} ${value}${key in f.settings ? "" : " (default)"}`);
+  return `${name}: ${parts.join(", ")}`;
+}
+
+async function cmdScale(api: Target, args: string[]): Promise<void> {
+  const { values, positionals } = parseArgs({
+    args,
+    options: { ...LIMIT_OPTIONS, default: { type: "string", multiple: true } },
+    allowPositionals: true,
+  });
+  const name = positionals[0];
+  if (!name) throw new CliError("faas scale needs a NAME; see faas scale --help");
+  if (positionals.length > 1) throw new CliError(`unexpected argument ${positionals[1]}`);
+  const patch: Record<string, string | null> = givenLimits(values);
+  for (const key of values.default ?? []) {
+    if (!SETTING_KEYS.includes(key)) {
+      throw new CliError(`unknown --default ${JSON.stringify(key)}: one of ${SETTING_KEYS.join(", ")}`);
+    }
+    if (key in patch) throw new CliError(`--${key} and --default ${key} contradict each other`);
+    patch[key] = null;
+  }
+  if (Object.keys(patch).length === 0) {
+    throw new CliError("faas scale needs at least one of --memory, --cpu, --pids, --timeout, --rootfs, --default KEY");
+  }
+  const res = await call(api, `/api/functions/${encodeURIComponent(name)}`, {
+    method: "PATCH",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify(patch),
+  });
+  console.log(limitsLine(name, await res.json() as Entry));
+}
+
 async function cmdDelete(api: Target, args: string[]): Promise<void> {
   const [name] = parseArgs({ args, allowPositionals: true }).positionals;
   if (!name) throw new CliError("faas delete needs a NAME");
@@ -256,6 +353,7 @@ async function cmdLogs(api: Target, args: string[]): Promise<void> {
 
 const COMMANDS: Record<string, (api: Target, args: string[]) => Promise<void>> = {
   new: cmdNew,
+  scale: cmdScale,
   ip: cmdIp,
   list: cmdList,
   delete: cmdDelete,

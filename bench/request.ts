@@ -21,15 +21,13 @@
  */
 
 import { parseArgs } from "node:util";
-import { type ContainerdInstance, startContainerd, testNamespace } from "../tests/harness/containerd.ts";
+import { startContainerd, testNamespace } from "../tests/harness/containerd.ts";
 import { buildHandlerImage } from "../tests/harness/images.ts";
 import { type Daemon, freePort, startDaemon } from "../tests/harness/platform.ts";
+import { ctrRun, httpGet, percentile, run, type Sample } from "./common.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 const EXPECTED_BODY = "hello from faasd\n";
-/** Exit code of the handler's `exit` mode. */
-const EXIT_MODE_CODE = 3;
-const REQUEST_TIMEOUT_MS = 30_000;
 /** Bound of each measured phase; a phase past it stops early and says so. */
 const PHASE_BUDGET_MS = 120_000;
 const WARMUP = 3;
@@ -47,89 +45,6 @@ const concurrency = Number(values.concurrency);
 const concurrentTotal = Number(values.total ?? concurrency * 10);
 for (const [name, v] of [["requests", requests], ["concurrency", concurrency], ["total", concurrentTotal]] as const) {
   if (!Number.isInteger(v) || v < 1) throw new RangeError(`--${name} must be a positive integer, got ${v}`);
-}
-
-/** Nearest-rank percentile. */
-function percentile(xs: number[], p: number): number {
-  if (!xs.length) return NaN;
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1))]!;
-}
-
-/** Runs a command to completion; throws with its stderr when it fails. Returns stdout. */
-async function run(cmd: string, args: string[]): Promise<string> {
-  const out = await new Deno.Command(cmd, { args, stdin: "null", stdout: "piped", stderr: "piped" }).output();
-  const text = (b: Uint8Array) => new TextDecoder().decode(b);
-  if (!out.success) throw new Error(`${cmd} ${args.join(" ")} exited ${out.code}: ${text(out.stderr)}`);
-  return text(out.stdout);
-}
-
-/** One request's outcome: its time, and what went wrong (null when correct). */
-interface Sample {
-  ms: number;
-  error: string | null;
-}
-
-const REQUEST = new TextEncoder().encode("GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n");
-
-/** One request on a new connection, read to EOF; checks the status and body. */
-async function httpGet(hostname: string, port: number): Promise<Sample> {
-  const start = performance.now();
-  let conn: Deno.TcpConn | null = null;
-  let timedOut = false;
-  const timer = setTimeout(() => {
-    timedOut = true;
-    try {
-      conn?.close();
-    } catch { /* already closed */ }
-  }, REQUEST_TIMEOUT_MS);
-  const chunks: Uint8Array[] = [];
-  try {
-    conn = await Deno.connect({ hostname, port });
-    for (let off = 0; off < REQUEST.length;) off += await conn.write(REQUEST.subarray(off));
-    const buf = new Uint8Array(16 * 1024);
-    for (;;) {
-      const n = await conn.read(buf);
-      if (n === null) break;
-      chunks.push(buf.slice(0, n));
-    }
-  } catch (e) {
-    return {
-      ms: performance.now() - start,
-      error: timedOut ? "timeout" : `${(e as Error).name}: ${(e as Error).message}`,
-    };
-  } finally {
-    clearTimeout(timer);
-    try {
-      conn?.close();
-    } catch { /* closed by the timer */ }
-  }
-  const ms = performance.now() - start;
-  const text = new TextDecoder().decode(new Uint8Array(chunks.flatMap((c) => [...c])));
-  const cut = text.indexOf("\r\n\r\n");
-  const status = Number(text.split(" ", 2)[1]);
-  const body = cut < 0 ? "" : text.slice(cut + 4);
-  if (status !== 200 || body !== EXPECTED_BODY) {
-    return { ms, error: `status ${status || "none"}, body ${JSON.stringify(body.slice(0, 200))}` };
-  }
-  return { ms, error: null };
-}
-
-let ctrSeq = 0;
-
-/** `ctr run --rm IMAGE ID /handler exit`: start and reap one container; exit code 3 is success. */
-async function ctrRun(ctd: ContainerdInstance, namespace: string, image: string): Promise<Sample> {
-  const id = `bench-${Deno.pid}-${ctrSeq++}`;
-  const start = performance.now();
-  const out = await new Deno.Command("ctr", {
-    args: ["-a", ctd.socket, "-n", namespace, "run", "--rm", image, id, "/handler", "exit"],
-    stdin: "null",
-    stdout: "null",
-    stderr: "piped",
-  }).output();
-  const ms = performance.now() - start;
-  if (out.code === EXIT_MODE_CODE) return { ms, error: null };
-  return { ms, error: `ctr run exited ${out.code}: ${new TextDecoder().decode(out.stderr).trim()}` };
 }
 
 /** Reads a gauge/counter value of the daemon's /metrics. */
@@ -221,7 +136,7 @@ await using _deployed = {
   },
 };
 
-const faasdRequest = () => httpGet(ip, port);
+const faasdRequest = () => httpGet(ip, port, EXPECTED_BODY);
 const ctrRequest = () => ctrRun(ctd, ctrNamespace, image);
 const settle = () => settled(daemon, "hello");
 

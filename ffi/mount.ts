@@ -45,6 +45,18 @@ export function detach(target: string): void {
 }
 
 /**
+ * Mounts a tmpfs of at most `sizeBytes` at `target` (an existing directory), nosuid and nodev, root directory mode
+ * 0700. Pages written to it are charged to the memory cgroup of whoever writes them.
+ *
+ * @throws {ErrnoError} from `mount`, e.g. `EPERM` without CAP_SYS_ADMIN.
+ */
+export function mountTmpfs(target: string, sizeBytes: number): void {
+  const flags = BigInt(MS_NOSUID | MS_NODEV);
+  const data = cstring(`size=${Math.max(4096, Math.floor(sizeBytes))},mode=0700`);
+  check(libc().mount(cstring("tmpfs"), cstring(target), cstring("tmpfs"), flags, data), "mount", `tmpfs on ${target}`);
+}
+
+/**
  * A snapshot mounted read-only, nosuid, nodev and noexec at {@linkcode target}; {@linkcode close} (or `using`)
  * detaches it.
  */

@@ -20,7 +20,6 @@ export interface DaemonConfig {
   snapshotter: string;
   maxImageBytes: number;
   connectTimeoutMs: number;
-  requestTimeoutMs: number;
   maxConcurrency: number;
   logMaxBytes: number;
   shutdownGraceMs: number;
@@ -263,7 +262,6 @@ export function parseDaemonConfig(
     snapshotter: get("snapshotter"),
     maxImageBytes: parseSize(get("max-image-size"), "--max-image-size"),
     connectTimeoutMs: parseDuration(get("connect-timeout"), "--connect-timeout"),
-    requestTimeoutMs: parseDuration(get("request-timeout"), "--request-timeout"),
     maxConcurrency: parsePositiveInt(get("max-concurrency"), "--max-concurrency"),
     logMaxBytes: parseSize(get("log-max-size"), "--log-max-size"),
     shutdownGraceMs: parseDuration(get("shutdown-grace"), "--shutdown-grace"),

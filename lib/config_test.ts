@@ -11,10 +11,15 @@ Deno.test("parseDaemonConfig() uses the documented defaults", () => {
   assertEquals(c.containerd, "/run/containerd/containerd.sock");
   assertEquals(c.namespace, "faasd");
   assertEquals(c.connectTimeoutMs, 5000);
-  assertEquals(c.requestTimeoutMs, 60000);
   assertEquals(c.runtime, "runc");
   assertEquals(c.apiToken, null);
-  assertEquals(c.limits, { memoryBytes: 512 * 1024 ** 2, pids: 256, cpus: 1, scratchBytes: 64 << 20, timeoutMs: 60000 });
+  assertEquals(c.limits, {
+    memoryBytes: 512 * 1024 ** 2,
+    pids: 256,
+    cpus: 1,
+    scratchBytes: 64 << 20,
+    timeoutMs: 60000,
+  });
   assertEquals(c.totals, { memoryBytes: "auto", cpus: "auto", pids: "auto" });
   assertEquals([c.seccomp, c.socketGuard], ["default", "nftables"]);
 });
@@ -37,7 +42,7 @@ Deno.test("parseDaemonConfig() prefers flags over FAASD_* env over defaults", ()
   assertEquals(c.ipPool.cidr, "10.0.0.0/24");
   assertEquals(c.port, 9090);
   assertEquals(c.api, { hostname: "0.0.0.0", port: 9000 });
-  assertEquals(c.requestTimeoutMs, 2000);
+  assertEquals(c.limits.timeoutMs, 2000);
 });
 
 Deno.test("parseDaemonConfig() reads the API token from FAASD_API_TOKEN and refuses a weak one", () => {

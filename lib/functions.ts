@@ -1,7 +1,7 @@
 /**
- * Deployed functions: deploy, look up, list and delete, keeping the registry, the image store, the host addresses
- * and the listeners in step. Each step that can fail is undone when a later one fails, so a failed deploy leaves
- * nothing behind and a replaced function keeps serving its old image.
+ * Deployed functions: deploy, look up, list, change settings and delete, keeping the registry, the image store, the
+ * host addresses and the listeners in step. Each step that can fail is undone when a later one fails, so a failed
+ * deploy leaves nothing behind and a replaced function keeps serving its old image.
  *
  * @module
  */
@@ -9,6 +9,7 @@
 import { assertValidName } from "./names.ts";
 import { type IpPool, PoolExhaustedError } from "./ipam.ts";
 import type { DeployedImage, FunctionRecord, Registry } from "./registry.ts";
+import type { SettingsPatch } from "./settings.ts";
 
 /** Raised for a function name that is not deployed; the API answers 404. */
 export class FunctionNotFoundError extends Error {
@@ -54,7 +55,7 @@ export interface FunctionsDeps {
 /** The deployed functions. */
 export class Functions {
   readonly #deps: FunctionsDeps;
-  /** Per-name queue: deploys and deletes of one name never interleave. */
+  /** Per-name queue: deploys, updates and deletes of one name never interleave. */
   readonly #locks = new Map<string, Promise<unknown>>();
 
   constructor(deps: FunctionsDeps) {
@@ -86,13 +87,18 @@ export class Functions {
 
   /**
    * Deploys the image tarball `body` as function `name`: a new name gets the lowest free address, an existing one
-   * keeps its address and serves the new image from the next connection on.
+   * keeps its address and its settings and serves the new image from the next connection on.
    *
+   * @param settings merged into the function's settings (validated by the caller, before the body is read).
    * @throws {TypeError} for an invalid name.
    * @throws {PoolExhaustedError} when the name is new and no address is free (checked before reading the body).
    * @throws whatever the image store throws for a bad tarball; nothing is left behind.
    */
-  deploy(name: string, body: ReadableStream<Uint8Array>): Promise<{ record: FunctionRecord; created: boolean }> {
+  deploy(
+    name: string,
+    body: ReadableStream<Uint8Array>,
+    settings: SettingsPatch = {},
+  ): Promise<{ record: FunctionRecord; created: boolean }> {
     assertValidName(name);
     return this.#locked(name, async () => {
       const { registry, pool, images, serving, addresses } = this.#deps;
@@ -102,7 +108,7 @@ export class Functions {
       const image = await images.import(name, body);
       let deployed: { record: FunctionRecord; created: boolean };
       try {
-        deployed = registry.deploy(name, image, pool);
+        deployed = registry.deploy(name, image, pool, settings);
       } catch (e) {
         await images.remove(name, image).catch(() => {});
         throw e;
@@ -127,6 +133,32 @@ export class Functions {
         );
       }
       return deployed;
+    });
+  }
+
+  /**
+   * Applies `patch` (validated by the caller) to the settings of function `name`; the next connection's container
+   * gets them, requests in flight keep theirs. When the new record cannot be served the settings stay as they were.
+   *
+   * @returns the updated function.
+   * @throws {FunctionNotFoundError} when it is not deployed.
+   */
+  update(name: string, patch: SettingsPatch): Promise<FunctionRecord> {
+    return this.#locked(name, () => {
+      const { registry, serving } = this.#deps;
+      const before = registry.get(name);
+      if (!before) throw new FunctionNotFoundError(name);
+      const record = registry.updateSettings(name, patch)!;
+      // A function waiting for its image has nothing to serve; it gets the settings with its first image.
+      if (record.status === "active") {
+        try {
+          serving.serve(record);
+        } catch (e) {
+          registry.restore(before);
+          throw e;
+        }
+      }
+      return Promise.resolve(record);
     });
   }
 

@@ -1,10 +1,11 @@
 /**
- * Functions' undo paths, with the real registry (in memory) and recording stand-ins for what touches the host:
- * a deploy that fails after the image was imported leaves the registry, the addresses and the images as they were.
+ * Functions' undo paths and settings updates, with the real registry (in memory) and recording stand-ins for what
+ * touches the host: a deploy that fails after the image was imported leaves the registry, the addresses and the
+ * images as they were; an update is served from the next connection, or not made at all.
  */
 
 import { assertEquals, assertRejects } from "../tests/assert.ts";
-import { type Addresses, Functions, type ImageStore, type Serving } from "./functions.ts";
+import { type Addresses, FunctionNotFoundError, Functions, type ImageStore, type Serving } from "./functions.ts";
 import { IpPool } from "./ipam.ts";
 import { type DeployedImage, type FunctionRecord, Registry } from "./registry.ts";
 
@@ -25,18 +26,19 @@ function image(tag: string): DeployedImage {
   };
 }
 
-/** Stand-ins that record what exists and fail where told. */
-function world(opts: { serveFails?: boolean; ensureFails?: boolean }) {
+/** Stand-ins that record what exists and fail where told; an import waits for `importGate` when set. */
+function world(opts: { serveFails?: boolean; ensureFails?: boolean; importGate?: Promise<void> }) {
   const images = new Set<string>();
   const addresses = new Set<string>();
   const served = new Map<string, FunctionRecord>();
   const next = ["one", "two"];
   const store: ImageStore = {
-    import: (_name, body) => {
+    import: async (_name, body) => {
       body.cancel();
+      await opts.importGate;
       const made = image(next.shift()!);
       images.add(made.containerdName);
-      return Promise.resolve(made);
+      return made;
     },
     remove: (_name, made) => {
       images.delete(made.containerdName);
@@ -89,5 +91,69 @@ Deno.test("Functions.deploy() of a redeploy that fails keeps the function as it 
   assertEquals(w.registry.get("fn"), first);
   assertEquals([...w.images], ["faasd.local/functions/fn:one"]);
   assertEquals(w.served.get("fn"), first);
+  w.registry.close();
+});
+
+Deno.test("Functions.deploy() merges the settings it is given into those the function had", async () => {
+  const w = world({});
+  const { record: first } = await w.functions.deploy("fn", body(), { memoryBytes: 64 << 20, rootfs: "writable" });
+  assertEquals(first.settings, { memoryBytes: 64 << 20, rootfs: "writable" });
+  const { record: second } = await w.functions.deploy("fn", body(), { rootfs: null, cpus: 0.5 });
+  assertEquals(second.settings, { memoryBytes: 64 << 20, cpus: 0.5 });
+  assertEquals(w.served.get("fn"), second);
+  w.registry.close();
+});
+
+Deno.test("Functions.update() changes the settings and serves the new record from the next connection", async () => {
+  const w = world({});
+  const { record: first } = await w.functions.deploy("fn", body(), { pids: 8, timeoutMs: 5000 });
+  const updated = await w.functions.update("fn", { pids: null, memoryBytes: 32 << 20 });
+  assertEquals(updated.settings, { timeoutMs: 5000, memoryBytes: 32 << 20 });
+  assertEquals([updated.ip, updated.image], [first.ip, first.image]);
+  assertEquals(w.registry.get("fn"), updated);
+  assertEquals(w.served.get("fn"), updated);
+  w.registry.close();
+});
+
+Deno.test("Functions.update() of a name not deployed throws FunctionNotFoundError", async () => {
+  const w = world({});
+  await assertRejects(() => w.functions.update("nope", { pids: 8 }), FunctionNotFoundError, '"nope"');
+  assertEquals(w.registry.list(), []);
+  w.registry.close();
+});
+
+Deno.test("Functions.update() that cannot be served keeps the settings as they were", async () => {
+  const opts: { serveFails?: boolean } = {};
+  const w = world(opts);
+  const { record: first } = await w.functions.deploy("fn", body(), { cpus: 0.5 });
+  w.failNext({ serveFails: true });
+  await assertRejects(() => w.functions.update("fn", { cpus: 0.25 }), Error, "cannot listen");
+  assertEquals(w.registry.get("fn"), first);
+  assertEquals(w.served.get("fn"), first);
+  w.registry.close();
+});
+
+Deno.test("Functions.update() of a function waiting for its image changes settings without serving it", async () => {
+  const w = world({});
+  w.registry.importSeedJson(
+    JSON.stringify({ fn: { ip: "127.77.0.10", image_ref: "fn:1" } }),
+    new IpPool("127.77.0.0/24"),
+  );
+  const updated = await w.functions.update("fn", { rootfs: "writable" });
+  assertEquals([updated.status, updated.settings], ["no-image", { rootfs: "writable" }]);
+  assertEquals(w.served.size, 0);
+  w.registry.close();
+});
+
+Deno.test("Functions.update() waits for a deploy of the same name in progress", async () => {
+  const gate = Promise.withResolvers<void>();
+  const w = world({ importGate: gate.promise });
+  const deploying = w.functions.deploy("fn", body(), { pids: 8 });
+  // Not deployed yet: without the per-name lock this update would find no function.
+  const updating = w.functions.update("fn", { cpus: 0.5 });
+  gate.resolve();
+  await deploying;
+  assertEquals((await updating).settings, { pids: 8, cpus: 0.5 });
+  assertEquals(w.served.get("fn")?.settings, { pids: 8, cpus: 0.5 });
   w.registry.close();
 });

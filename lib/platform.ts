@@ -16,8 +16,12 @@ import { reapRootfsMounts } from "./images/user.ts";
 import { Metrics } from "./metrics.ts";
 import { Server } from "./serve.ts";
 import { reapLeftovers, socketDir } from "./spawn.ts";
-import { hasSwapAccounting } from "./spec.ts";
-import { logPath, removeLogs } from "./logs.ts";
+import { CAPABILITIES, hasSwapAccounting } from "./spec.ts";
+import { loadSeccompProfile } from "./seccomp.ts";
+import { GUARD_MARK, SocketGuard } from "./socket_guard.ts";
+import { autoTotals, ParentCgroup } from "./cgroups.ts";
+import { reapScratch } from "./scratch.ts";
+import { logPath, Logs, removeLogs } from "./logs.ts";
 import { createApi } from "./api/router.ts";
 import { Poller } from "../ffi/epoll.ts";
 
@@ -30,6 +34,10 @@ export interface Platform {
   containerd: Containerd;
   server: Server;
   metrics: Metrics;
+  /** The parent cgroup of every request container. */
+  cgroup: ParentCgroup;
+  /** The installed socket guard; null when the operator opted out. */
+  guard: SocketGuard | null;
   /**
    * Stops serving: ends `logs -f` streams, stops accepting, waits up to the grace period for requests in flight, then
    * kills and cleans up. Idempotent. The control API still answers meanwhile.
@@ -75,30 +83,45 @@ export async function startPlatform(config: DaemonConfig, log: (message: string)
 
   const containerd = new Containerd({ address: config.containerd, namespace: config.namespace });
   let poller: Poller | null = null;
+  let guard: SocketGuard | null = null;
   try {
     const version = await waitForContainerd(containerd, config.containerd);
     log(`containerd ${version} on ${config.containerd}, namespace ${config.namespace}`);
+    // Containment comes before anything is served: without it faasd refuses to start (unless the operator opted out).
+    const seccomp = await loadSeccompProfile(config.seccomp, { capabilities: CAPABILITIES });
+    if (!seccomp) log("seccomp: unconfined (--seccomp unconfined): containers may use every system call");
+    if (config.socketGuard === "nftables") guard = await SocketGuard.install(config.namespace);
+    else log("socket guard off (--socket-guard off): a handler can reconnect its socket to any host address");
+    const totals = autoTotals(config.totals);
+    const cgroup = await ParentCgroup.setUp(`/${config.namespace}`, totals);
     poller = new Poller();
     const metrics = new Metrics();
+    const logs = new Logs({ stateDir, maxBytes: config.logMaxBytes, poller });
     const spawnDeps = {
       containerd,
       poller,
       stateDir,
       snapshotter: config.snapshotter,
       runtime: config.runtime,
-      logMaxBytes: config.logMaxBytes,
-      limits: { ...config.limits, swapAccounting: await hasSwapAccounting() },
+      logs,
+      limits: config.limits,
+      swapAccounting: await hasSwapAccounting(),
+      cgroupParent: cgroup.path,
+      seccomp,
     };
     const reaped = await reapLeftovers(spawnDeps);
     if (reaped) log(`reaped ${reaped} container(s) left by a previous run`);
+    await cgroup.sweep();
+    const scratches = await reapScratch(stateDir);
+    if (scratches) log(`removed ${scratches} writable root(s) left by a previous run`);
 
     const server = new Server({
       ...spawnDeps,
       metrics,
       port: config.port,
       connectTimeoutMs: config.connectTimeoutMs,
-      requestTimeoutMs: config.requestTimeoutMs,
       maxConcurrency: config.maxConcurrency,
+      socketMark: guard ? GUARD_MARK : null,
     });
     // Images are mounted here to read their /etc/passwd; a lookup a previous run died in leaves a mount to reap.
     const mountDir = `${stateDir}/mnt`;
@@ -116,7 +139,11 @@ export async function startPlatform(config: DaemonConfig, log: (message: string)
       images,
       serving: server,
       addresses: { ensure: ensureAddress, release: releaseAddress },
-      onDeleted: (name) => removeLogs(logPath(stateDir, name)),
+      onDeleted: async (name) => {
+        await logs.forget(name);
+        await removeLogs(logPath(stateDir, name));
+        await cgroup.removeFunction(name);
+      },
     });
 
     // What a previous run left half-done: images of functions no longer registered, imports that died midway,
@@ -136,6 +163,7 @@ export async function startPlatform(config: DaemonConfig, log: (message: string)
       functions,
       metrics,
       maxImageBytes: config.maxImageBytes,
+      limits: config.limits,
       logPath: (name) => logPath(stateDir, name),
       stopping: stopping.signal,
       token: config.apiToken,
@@ -149,6 +177,7 @@ export async function startPlatform(config: DaemonConfig, log: (message: string)
         await server.close(config.shutdownGraceMs);
       })();
     const p = poller;
+    const g = guard;
     return {
       api,
       functions,
@@ -156,16 +185,22 @@ export async function startPlatform(config: DaemonConfig, log: (message: string)
       containerd,
       server,
       metrics,
+      cgroup,
+      guard,
       drain,
       close: () =>
         closing ??= (async () => {
           await drain();
+          await logs.close();
           p.close();
+          await cgroup.remove();
+          await g?.remove();
           containerd.close();
           registry.close();
         })(),
     };
   } catch (e) {
+    await guard?.remove();
     poller?.close();
     containerd.close();
     registry.close();

@@ -1,7 +1,7 @@
 /**
- * The function registry: what only faasd knows (name → IP, the image each function runs, when it changed), kept in
- * SQLite (`node:sqlite`, WAL) in the state directory so that it survives restarts. containerd stays the source of
- * truth for what runs; this is the source of truth for what is deployed.
+ * The function registry: what only faasd knows (name → IP, the image each function runs, its settings, when it
+ * changed), kept in SQLite (`node:sqlite`, WAL) in the state directory so that it survives restarts. containerd stays
+ * the source of truth for what runs; this is the source of truth for what is deployed.
  *
  * @module
  */
@@ -10,6 +10,7 @@ import { DatabaseSync } from "node:sqlite";
 import { assertValidName, isValidName } from "./names.ts";
 import type { IpPool } from "./ipam.ts";
 import type { DeployedProcess } from "./spec.ts";
+import { type FunctionSettings, mergeSettings, type SettingsPatch } from "./settings.ts";
 
 export type { DeployedProcess } from "./spec.ts";
 
@@ -39,6 +40,8 @@ export interface FunctionRecord {
   image: DeployedImage | null;
   createdAt: string;
   updatedAt: string;
+  /** What was set for this function (memory, CPUs…); an absent field takes the daemon's default. */
+  settings: FunctionSettings;
 }
 
 interface Row {
@@ -49,6 +52,7 @@ interface Row {
   image_json: string | null;
   created_at: string;
   updated_at: string;
+  settings_json: string;
 }
 
 const SCHEMA = `
@@ -59,7 +63,8 @@ const SCHEMA = `
     image_ref   TEXT NOT NULL,
     image_json  TEXT,
     created_at  TEXT NOT NULL,
-    updated_at  TEXT NOT NULL
+    updated_at  TEXT NOT NULL,
+    settings_json TEXT NOT NULL DEFAULT '{}'
   ) STRICT;
   CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;
 `;
@@ -73,8 +78,13 @@ function toRecord(row: Row): FunctionRecord {
     image: row.image_json ? JSON.parse(row.image_json) as DeployedImage : null,
     createdAt: row.created_at,
     updatedAt: row.updated_at,
+    settings: JSON.parse(row.settings_json) as FunctionSettings,
   };
 }
+
+/** The columns of `functions`, named in every INSERT so that a column added later cannot shift the values. */
+const INSERT = `INSERT INTO functions (name, ip, status, image_ref, image_json, created_at, updated_at, settings_json)
+  VALUES (?, ?, ?, ?, ?, ?, ?, ?)`;
 
 /** The SQLite-backed registry. Synchronous: each method is one short transaction. */
 export class Registry {
@@ -92,6 +102,20 @@ export class Registry {
     this.#now = now;
     this.#db.exec("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;");
     this.#db.exec(SCHEMA);
+    this.#migrate();
+  }
+
+  /** Brings a database made by an earlier version up to SCHEMA (CREATE TABLE IF NOT EXISTS left it as it was). */
+  #migrate(): void {
+    const hasColumn = (column: string) =>
+      (this.#db.prepare("PRAGMA table_info(functions)").all() as { name: string }[]).some((c) => c.name === column);
+    if (hasColumn("settings_json")) return;
+    // Checked again inside the transaction: another process may have migrated the file meanwhile.
+    this.#tx(() => {
+      if (!hasColumn("settings_json")) {
+        this.#db.exec("ALTER TABLE functions ADD COLUMN settings_json TEXT NOT NULL DEFAULT '{}'");
+      }
+    });
   }
 
   #tx<T>(fn: () => T): T {
@@ -135,34 +159,57 @@ export class Registry {
 
   /**
    * Records `image` as the image of function `name`: a new function gets the lowest free address of `pool`, an
-   * existing one keeps its address.
+   * existing one keeps its address and its settings, with `settings` (validated by the caller) merged in.
    *
    * @throws {TypeError} for an invalid name.
    * @throws {PoolExhaustedError} when the function is new and the pool is full.
    */
-  deploy(name: string, image: DeployedImage, pool: IpPool): { record: FunctionRecord; created: boolean } {
+  deploy(
+    name: string,
+    image: DeployedImage,
+    pool: IpPool,
+    settings: SettingsPatch = {},
+  ): { record: FunctionRecord; created: boolean } {
     assertValidName(name);
     const now = this.#now().toISOString();
     return this.#tx(() => {
       const existing = this.get(name);
+      const merged = JSON.stringify(mergeSettings(existing?.settings ?? {}, settings));
       if (existing) {
         this.#db.prepare(
-          "UPDATE functions SET status = 'active', image_ref = ?, image_json = ?, updated_at = ? WHERE name = ?",
-        ).run(image.imageRef, JSON.stringify(image), now, name);
+          `UPDATE functions SET status = 'active', image_ref = ?, image_json = ?, updated_at = ?, settings_json = ?
+           WHERE name = ?`,
+        ).run(image.imageRef, JSON.stringify(image), now, merged, name);
       } else {
         const ip = pool.allocate(this.#usedIps());
-        this.#db.prepare("INSERT INTO functions VALUES (?, ?, 'active', ?, ?, ?, ?)")
-          .run(name, ip, image.imageRef, JSON.stringify(image), now, now);
+        this.#db.prepare(INSERT).run(name, ip, "active", image.imageRef, JSON.stringify(image), now, now, merged);
       }
       return { record: this.get(name)!, created: existing === null };
     });
   }
 
-  /** Restores `record` exactly (used to undo a deploy whose later steps failed). */
+  /**
+   * Applies `patch` (validated by the caller) to the settings of function `name`: a field given as null is dropped,
+   * so the daemon's default applies again.
+   *
+   * @returns the updated record, or null when there is no such function.
+   */
+  updateSettings(name: string, patch: SettingsPatch): FunctionRecord | null {
+    const now = this.#now().toISOString();
+    return this.#tx(() => {
+      const existing = this.get(name);
+      if (!existing) return null;
+      this.#db.prepare("UPDATE functions SET settings_json = ?, updated_at = ? WHERE name = ?")
+        .run(JSON.stringify(mergeSettings(existing.settings, patch)), now, name);
+      return this.get(name)!;
+    });
+  }
+
+  /** Restores `record` exactly (used to undo a deploy or a settings update whose later steps failed). */
   restore(record: FunctionRecord): void {
     this.#tx(() => {
       this.#db.prepare("DELETE FROM functions WHERE name = ?").run(record.name);
-      this.#db.prepare("INSERT INTO functions VALUES (?, ?, ?, ?, ?, ?, ?)").run(
+      this.#db.prepare(INSERT).run(
         record.name,
         record.ip,
         record.status,
@@ -170,6 +217,7 @@ export class Registry {
         record.image ? JSON.stringify(record.image) : null,
         record.createdAt,
         record.updatedAt,
+        JSON.stringify(record.settings),
       );
     });
   }
@@ -213,13 +261,7 @@ export class Registry {
         else if (this.get(name)) skipped.push(`${name}: already deployed`);
         else {
           const ref = typeof imageRef === "string" ? imageRef : "";
-          this.#db.prepare("INSERT INTO functions VALUES (?, ?, 'no-image', ?, NULL, ?, ?)").run(
-            name,
-            ip,
-            ref,
-            now,
-            now,
-          );
+          this.#db.prepare(INSERT).run(name, ip, "no-image", ref, null, now, now, "{}");
           used.add(ip);
           imported.push(name);
         }

@@ -34,8 +34,9 @@ export interface ServerDeps extends SpawnDeps {
   metrics: Metrics;
   port: number;
   connectTimeoutMs: number;
-  requestTimeoutMs: number;
   maxConcurrency: number;
+  /** The mark set on every accepted socket before it is handed over (see socket_guard.ts); null: none. */
+  socketMark: number | null;
 }
 
 const REASONS: Record<number, string> = {
@@ -123,8 +124,19 @@ export class Server {
 
   /** Serves one connection; the per-function limit counts running containers, not lingering client closes. */
   async #handle(name: string, conn: TcpConn): Promise<void> {
-    const { metrics, maxConcurrency } = this.#deps;
+    const { metrics, maxConcurrency, socketMark } = this.#deps;
     const started = performance.now();
+    if (socketMark !== null) {
+      try {
+        conn.setMark(socketMark);
+      } catch (e) {
+        // Without its mark the socket could be reconnected anywhere by the handler: never hand it over unmarked.
+        console.error(`faasd: ${name}: ${(e as Error).message}`);
+        answer(conn, 503, `function ${name} cannot be served safely now`);
+        metrics.requests.inc({ function: name, outcome: "error" });
+        return await this.#closeClient(conn);
+      }
+    }
     const running = this.#inflight.get(name) ?? 0;
     if (running >= maxConcurrency) {
       answer(conn, 503, `function ${name} is at its limit of ${maxConcurrency} concurrent requests`);
@@ -183,7 +195,8 @@ export class Server {
 
   /** Waits for the container's connection, hands the socket over, waits for the exit; answers failures itself. */
   async #run(c: RequestContainer, conn: TcpConn, started: number): Promise<{ outcome: Outcome }> {
-    const { connectTimeoutMs, requestTimeoutMs, metrics } = this.#deps;
+    const { connectTimeoutMs, metrics } = this.#deps;
+    const requestTimeoutMs = c.timeoutMs;
     const name = c.function;
     const state = await c.waitConnected(connectTimeoutMs, this.#shutdown.signal);
     if (state === "timeout") {

@@ -17,8 +17,11 @@ import type { ExitStatus, Mount } from "./containerd/types.ts";
 import type { Poller } from "../ffi/epoll.ts";
 import { type UnixConn, UnixListener } from "../ffi/socket.ts";
 import type { FunctionRecord } from "./registry.ts";
-import { buildSpec, type ContainerLimits } from "./spec.ts";
-import { logPath, rotateIfNeeded } from "./logs.ts";
+import { buildSpec } from "./spec.ts";
+import type { DaemonLimits } from "./config.ts";
+import { effectiveLimits } from "./settings.ts";
+import { Scratch, writableRootfs } from "./scratch.ts";
+import type { ContainerOutput, Logs } from "./logs.ts";
 import { randomHex } from "./random.ts";
 
 /** Label key marking everything faasd creates per request; its value is the kind of object. */
@@ -36,9 +39,16 @@ export interface SpawnDeps {
   snapshotter: string;
   /** OCI runtime binary used by the runc v2 shim. */
   runtime: string;
-  logMaxBytes: number;
-  /** What each container may use. */
-  limits?: ContainerLimits;
+  /** Where container output goes (through a FIFO per container, read by faasd). */
+  logs: Logs;
+  /** What each container may use, unless its function's settings lower it. */
+  limits: DaemonLimits;
+  /** Whether the host accounts swap per cgroup (then memory limits cover swap). */
+  swapAccounting: boolean;
+  /** The cgroup every request container goes under, as `<parent>/<function>/<id>`, e.g. `/faasd`. */
+  cgroupParent: string;
+  /** The OCI seccomp profile of every container; null: unconfined. */
+  seccomp: Record<string, unknown> | null;
 }
 
 /** How long a task's exit is waited for again while containerd is unreachable (restarting). */
@@ -63,6 +73,10 @@ export class RequestContainer {
   readonly #listener: UnixListener;
   #control: UnixConn | null = null;
   #lease: string | null = null;
+  #scratch: Scratch | null = null;
+  #output: ContainerOutput | null = null;
+  /** How long this container may serve its request (the function's timeout setting, or the daemon's). */
+  timeoutMs = 0;
   #created = false;
   #taskCreated = false;
   #exited: Promise<ExitStatus> | null = null;
@@ -101,21 +115,33 @@ export class RequestContainer {
     const { containerd, snapshotter, runtime, stateDir } = this.#deps;
     const image = fn.image!;
     const labels = { ...OWNED_LABELS, [FUNCTION_LABEL]: fn.name };
+    const limits = effectiveLimits(fn.settings, this.#deps.limits);
+    const scratchBytes = this.#deps.limits.scratchBytes;
     const spec = buildSpec({
-      id: this.id,
       hostname: fn.name,
       process: image.config,
       controlSocket: this.#listener.path,
-      limits: this.#deps.limits,
+      cgroupsPath: `${this.#deps.cgroupParent}/${fn.name}/${this.id}`,
+      limits: { ...limits, scratchBytes, swapAccounting: this.#deps.swapAccounting },
+      rootfs: limits.rootfs,
+      seccomp: this.#deps.seccomp,
     });
+    const writable = limits.rootfs === "writable";
+    this.timeoutMs = limits.timeoutMs;
     // The lease keeps the new snapshot from being collected before the container references it.
     this.#lease = await containerd.createLease({ labels, expireAfterSeconds: 24 * 3600 });
     const lease = this.#lease;
-    const log = logPath(stateDir, fn.name);
     // Independent steps run together (they are on the request's critical path); all settle before any failure is
     // thrown, so that remove() knows exactly what exists.
-    const [prepared, created, rotated] = await Promise.allSettled([
-      containerd.prepareSnapshot(snapshotter, this.id, image.chainId, { labels, lease }),
+    // A writable root is bounded by faasd (scratch.ts): a read-only view under an upper layer on a sized tmpfs.
+    const snapshot = writable
+      ? Promise.all([
+        containerd.viewSnapshot(snapshotter, this.id, image.chainId, { labels, lease }),
+        Scratch.create(stateDir, this.id, scratchBytes).then((s) => this.#scratch = s),
+      ]).then(([view, scratch]) => [writableRootfs(view, scratch.upper, scratch.work)])
+      : containerd.prepareSnapshot(snapshotter, this.id, image.chainId, { labels, lease });
+    const [prepared, created] = await Promise.allSettled([
+      snapshot,
       containerd.createContainer({
         id: this.id,
         image: image.containerdName,
@@ -125,12 +151,14 @@ export class RequestContainer {
         snapshotKey: this.id,
         runtime: { name: "io.containerd.runc.v2", binaryName: runtime },
       }, { lease }),
-      rotateIfNeeded(log, this.#deps.logMaxBytes),
     ]);
     this.#created = created.status === "fulfilled";
-    for (const r of [prepared, created, rotated]) if (r.status === "rejected") throw r.reason;
+    for (const r of [prepared, created]) if (r.status === "rejected") throw r.reason;
     const rootfs = (prepared as PromiseFulfilledResult<Mount[]>).value;
-    await containerd.createTask({ containerId: this.id, rootfs, stdout: `file://${log}`, stderr: `file://${log}` });
+    // Output goes through a FIFO faasd reads, so the log's cap holds while the container writes (logs.ts).
+    this.#output = this.#deps.logs.open(fn.name, this.id, `${socketDir(stateDir)}/${this.id}.log`);
+    const out = this.#output.path;
+    await containerd.createTask({ containerId: this.id, rootfs, stdout: out, stderr: out });
     this.#taskCreated = true;
     this.#exited = this.#waitForExit();
     this.#exited.then(() => this.#hasExited = true, () => {});
@@ -261,6 +289,8 @@ export class RequestContainer {
       await step("delete task", () => containerd.deleteTask(this.id));
     }
     if (this.#created) await step("delete container", () => containerd.deleteContainer(this.id));
+    await step("close output", () => this.#output?.close() ?? Promise.resolve());
+    await step("unmount scratch", () => this.#scratch?.remove() ?? Promise.resolve());
     if (this.#lease) {
       await step("remove snapshot", () => containerd.removeSnapshot(snapshotter, this.id));
       await step("delete lease", () => containerd.deleteLease(this.#lease!, { sync: false }));
@@ -299,7 +329,7 @@ export async function reapLeftovers(deps: Pick<SpawnDeps, "containerd" | "stateD
   const dir = socketDir(deps.stateDir);
   await Deno.mkdir(dir, { recursive: true, mode: 0o700 });
   for await (const entry of Deno.readDir(dir)) {
-    if (entry.name.endsWith(".sock")) await Deno.remove(`${dir}/${entry.name}`).catch(() => {});
+    if (/\.(sock|log)$/.test(entry.name)) await Deno.remove(`${dir}/${entry.name}`).catch(() => {});
   }
   return containers.length;
 }

@@ -3,6 +3,11 @@
  * user) in new pid, mount, network (empty: only `lo`), ipc and uts namespaces, with the per-request control socket
  * bind-mounted at `/control.sock`. The passed client socket is the container's only way out.
  *
+ * Hardened: a read-only root with a size-bounded tmpfs at `/tmp` (unless the function asked for a writable root, which
+ * faasd then bounds itself), a seccomp profile, a reduced capability set, no new privileges, and cgroup limits on
+ * memory, processes and CPU under the function's own cgroup (so that functions share CPU fairly, whatever their
+ * number of containers).
+ *
  * @module
  */
 
@@ -35,7 +40,7 @@ export const CONTROL_SOCKET = "/control.sock";
 const DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /** The capabilities a container keeps (containerd's default set without NET_RAW: it has no network to use). */
-const CAPABILITIES = [
+export const CAPABILITIES: readonly string[] = [
   "CAP_CHOWN",
   "CAP_DAC_OVERRIDE",
   "CAP_FSETID",
@@ -53,14 +58,21 @@ const CAPABILITIES = [
 
 /** Options of one container's spec. */
 export interface SpecOptions {
-  /** Container id; also its cgroup name. */
-  id: string;
   hostname: string;
   process: DeployedProcess;
   /** Host path of this container's control socket. */
   controlSocket: string;
+  /** The container's cgroup, e.g. `/faasd/hello/faasd-0a1b…`. */
+  cgroupsPath: string;
   /** Resource limits; absent or 0: none. */
   limits?: ContainerLimits;
+  /**
+   * `readonly`: the image's root is mounted read-only and `/tmp` is a tmpfs of `limits.scratchBytes`. `writable`:
+   * the root is writable (the caller bounds it: the rootfs it hands containerd has a size-bounded upper layer).
+   */
+  rootfs?: "readonly" | "writable";
+  /** The OCI `linux.seccomp` profile; null or absent: unconfined. */
+  seccomp?: Record<string, unknown> | null;
 }
 
 /** What one request's container may use. */
@@ -69,9 +81,16 @@ export interface ContainerLimits {
   memoryBytes?: number;
   /** Processes and threads at once; past it fork() fails. */
   pids?: number;
+  /** CPUs (CFS quota over a 100 ms period). */
+  cpus?: number;
+  /** Size of the writable `/tmp` tmpfs; its pages count against the memory limit. Default 64 MiB. */
+  scratchBytes?: number;
   /** Whether the host accounts swap per cgroup: then the memory limit covers swap too (else swap would extend it). */
   swapAccounting?: boolean;
 }
+
+/** CFS period of the CPU limit, in microseconds. */
+const CPU_PERIOD_US = 100_000;
 
 /** Whether the host's cgroups account swap (cgroup v2, or v1 with `memory.memsw.*`). */
 export async function hasSwapAccounting(cgroupRoot = "/sys/fs/cgroup"): Promise<boolean> {
@@ -96,6 +115,17 @@ export function buildSpec(opts: SpecOptions): Record<string, unknown> {
     ? opts.process.env
     : [DEFAULT_PATH, ...opts.process.env];
   const caps = CAPABILITIES;
+  const limits = opts.limits ?? {};
+  const readonly = (opts.rootfs ?? "readonly") === "readonly";
+  // Scratch space for a read-only root; a writable root is bounded by the caller, /tmp is then part of it.
+  const tmp = readonly
+    ? [{
+      destination: "/tmp",
+      type: "tmpfs",
+      source: "tmpfs",
+      options: ["nosuid", "nodev", "mode=1777", `size=${limits.scratchBytes ?? 64 << 20}`],
+    }]
+    : [];
   return {
     ociVersion: "1.0.2-dev",
     process: {
@@ -108,7 +138,7 @@ export function buildSpec(opts: SpecOptions): Record<string, unknown> {
       rlimits: [{ type: "RLIMIT_NOFILE", hard: 1024, soft: 1024 }],
       noNewPrivileges: true,
     },
-    root: { path: "rootfs", readonly: false },
+    root: { path: "rootfs", readonly },
     hostname: opts.hostname,
     mounts: [
       { destination: "/proc", type: "proc", source: "proc", options: ["nosuid", "noexec", "nodev"] },
@@ -132,23 +162,21 @@ export function buildSpec(opts: SpecOptions): Record<string, unknown> {
       },
       { destination: "/dev/mqueue", type: "mqueue", source: "mqueue", options: ["nosuid", "noexec", "nodev"] },
       { destination: "/sys", type: "sysfs", source: "sysfs", options: ["nosuid", "noexec", "nodev", "ro"] },
+      ...tmp,
       { destination: CONTROL_SOCKET, type: "bind", source: opts.controlSocket, options: ["bind", "rw"] },
     ],
     linux: {
       namespaces: [{ type: "pid" }, { type: "ipc" }, { type: "uts" }, { type: "mount" }, { type: "network" }],
-      cgroupsPath: `/faasd/${opts.id}`,
+      cgroupsPath: opts.cgroupsPath,
       resources: {
         devices: [{ allow: false, access: "rwm" }],
-        ...(opts.limits?.memoryBytes
-          ? {
-            memory: {
-              limit: opts.limits.memoryBytes,
-              ...(opts.limits.swapAccounting ? { swap: opts.limits.memoryBytes } : {}),
-            },
-          }
+        ...(limits.memoryBytes
+          ? { memory: { limit: limits.memoryBytes, ...(limits.swapAccounting ? { swap: limits.memoryBytes } : {}) } }
           : {}),
-        ...(opts.limits?.pids ? { pids: { limit: opts.limits.pids } } : {}),
+        ...(limits.pids ? { pids: { limit: limits.pids } } : {}),
+        ...(limits.cpus ? { cpu: { quota: Math.round(limits.cpus * CPU_PERIOD_US), period: CPU_PERIOD_US } } : {}),
       },
+      ...(opts.seccomp ? { seccomp: opts.seccomp } : {}),
       maskedPaths: [
         "/proc/acpi",
         "/proc/asound",

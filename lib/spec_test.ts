@@ -2,7 +2,7 @@ import { assertEquals } from "../tests/assert.ts";
 import { buildSpec, hasSwapAccounting } from "./spec.ts";
 
 const BASE = {
-  id: "faasd-test",
+  cgroupsPath: "/faasd/fn/faasd-test",
   hostname: "fn",
   process: {
     entrypoint: ["/handler"],
@@ -17,6 +17,32 @@ const BASE = {
 
 // deno-lint-ignore no-explicit-any
 const resources = (spec: any) => spec.linux.resources;
+
+Deno.test("buildSpec() mounts the root read-only with a bounded /tmp unless the root is writable", () => {
+  // deno-lint-ignore no-explicit-any
+  const spec = buildSpec({ ...BASE, limits: { scratchBytes: 8 << 20 } }) as any;
+  assertEquals(spec.root, { path: "rootfs", readonly: true });
+  // deno-lint-ignore no-explicit-any
+  const tmp = spec.mounts.find((m: any) => m.destination === "/tmp");
+  assertEquals(tmp.type, "tmpfs");
+  assertEquals(tmp.options.includes(`size=${8 << 20}`), true);
+  // deno-lint-ignore no-explicit-any
+  const writable = buildSpec({ ...BASE, rootfs: "writable" }) as any;
+  assertEquals(writable.root.readonly, false);
+  // deno-lint-ignore no-explicit-any
+  assertEquals(writable.mounts.some((m: any) => m.destination === "/tmp"), false);
+});
+
+Deno.test("buildSpec() sets a CFS quota for the CPU limit, the cgroup path and the seccomp profile", () => {
+  // deno-lint-ignore no-explicit-any
+  const spec = buildSpec({ ...BASE, limits: { cpus: 0.5 }, seccomp: { defaultAction: "SCMP_ACT_ERRNO" } }) as any;
+  assertEquals(spec.linux.resources.cpu, { quota: 50_000, period: 100_000 });
+  assertEquals(spec.linux.cgroupsPath, "/faasd/fn/faasd-test");
+  assertEquals(spec.linux.seccomp, { defaultAction: "SCMP_ACT_ERRNO" });
+  // deno-lint-ignore no-explicit-any
+  const none = buildSpec(BASE) as any;
+  assertEquals([none.linux.resources.cpu, none.linux.seccomp], [undefined, undefined]);
+});
 
 Deno.test("buildSpec() sets memory (with swap when accounted) and pids limits, and none for 0", () => {
   const limited = resources(buildSpec({ ...BASE, limits: { memoryBytes: 64 << 20, pids: 32, swapAccounting: true } }));

@@ -1,6 +1,8 @@
 /**
  * The `faas` CLI end to end against the real daemon process: deploy from a tarball and from an engine's
- * `save` stream, ip, list, logs, delete, and one-line errors with a non-zero exit.
+ * `save` stream, ip, list, logs, delete, and one-line errors with a non-zero exit. Limits (`new --memory…`, `scale`)
+ * are driven against the real control API over stand-ins for containerd, so that test needs neither root nor
+ * containerd.
  */
 
 import { assert, assertEquals, assertMatch, assertStringIncludes } from "./assert.ts";
@@ -8,6 +10,11 @@ import { startContainerd } from "./harness/containerd.ts";
 import { buildHandlerImage, cacheDir } from "./harness/images.ts";
 import { startDaemon, taskPermissions } from "./harness/platform.ts";
 import { curl } from "./curl.ts";
+import { createApi } from "../lib/api/router.ts";
+import { Functions } from "../lib/functions.ts";
+import { IpPool } from "../lib/ipam.ts";
+import { Metrics } from "../lib/metrics.ts";
+import { Registry } from "../lib/registry.ts";
 
 const CLI = new URL("../cli.ts", import.meta.url).pathname;
 
@@ -200,4 +207,110 @@ Deno.test("with --api-token, faasd answers only requests that carry it, and faas
     using client = ctd.client(d.namespace);
     assertEquals(await client.listImages(), []);
   });
+});
+
+/** The real control API on a port, over an in-memory registry and stand-ins that accept any upload. */
+function standInApi(): { url: string } & AsyncDisposable {
+  const registry = new Registry(":memory:");
+  const functions = new Functions({
+    registry,
+    pool: new IpPool("127.77.0.0/24"),
+    images: {
+      import: async (name, body) => {
+        await new Response(body).arrayBuffer();
+        return {
+          imageRef: `localhost/${name}:1`,
+          containerdName: `faasd.local/functions/${name}:1`,
+          manifestDigest: "sha256:" + "d".repeat(64),
+          chainId: "sha256:" + "c".repeat(64),
+          config: {
+            entrypoint: ["/handler"],
+            cmd: [],
+            env: [],
+            workingDir: "/",
+            user: "",
+            resolvedUser: { uid: 0, gid: 0, additionalGids: [] },
+          },
+        };
+      },
+      remove: () => Promise.resolve(),
+    },
+    serving: { serve: () => {}, stop: () => {} },
+    addresses: { ensure: () => Promise.resolve(false), release: () => Promise.resolve() },
+  });
+  const api = createApi({
+    functions,
+    metrics: new Metrics(),
+    maxImageBytes: 1 << 30,
+    limits: { memoryBytes: 512 << 20, pids: 256, cpus: 1, scratchBytes: 64 << 20, timeoutMs: 60_000 },
+    logPath: () => "/nonexistent",
+    probe: () => Promise.resolve({}),
+  });
+  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, api);
+  return {
+    url: `http://127.0.0.1:${server.addr.port}`,
+    [Symbol.asyncDispose]: async () => {
+      await server.shutdown();
+      registry.close();
+    },
+  };
+}
+
+Deno.test("faas new --memory… and faas scale set a function's limits; list --json shows them", async (t) => {
+  await using api = standInApi();
+  const dir = await Deno.makeTempDir({ prefix: "faasd-cli-" });
+  try {
+    await Deno.writeFile(`${dir}/hello.tar`, new Uint8Array(10_000));
+
+    await t.step("new passes the limits given", async () => {
+      const r = await faas(api.url, ["new", "--tar", `${dir}/hello.tar`, "--name", "hello", "--memory", "256MiB"]);
+      assertEquals(r.code, 0, r.stderr);
+      assertEquals(r.stdout, "127.77.0.10\n");
+      const json = JSON.parse((await faas(api.url, ["list", "--json"])).stdout);
+      assertEquals(json.hello.settings, { memory: "256MiB" });
+    });
+
+    await t.step("scale changes them and prints what each request's container gets", async () => {
+      const r = await faas(api.url, ["scale", "hello", "--cpu", "0.5", "--timeout", "30s", "--default", "memory"]);
+      assertEquals(r.code, 0, r.stderr);
+      assertEquals(
+        r.stdout,
+        "hello: memory 512MiB (default), cpu 0.5, pids 256 (default), timeout 30s, rootfs readonly (default)\n",
+      );
+    });
+
+    await t.step("list --json shows the effective limits and the settings", async () => {
+      const json = JSON.parse((await faas(api.url, ["list", "--json"])).stdout);
+      assertEquals(json.hello.settings, { cpu: 0.5, timeout: "30s" });
+      assertEquals([json.hello.memory_bytes, json.hello.cpus, json.hello.timeout_ms], [512 << 20, 0.5, 30_000]);
+    });
+
+    await t.step("a value past faasd's flag, or no change at all, fails with one line that says why", async () => {
+      const above = await faas(api.url, ["scale", "hello", "--memory", "1GiB"]);
+      assertEquals(above.code, 1);
+      assertEquals(above.stderr, "faas: memory 1GiB is above the daemon's --memory-limit of 512MiB (HTTP 400)\n");
+      const refused = await faas(api.url, ["new", "--tar", `${dir}/hello.tar`, "--name", "other", "--cpu", "2"]);
+      assertEquals(refused.code, 1);
+      assertEquals(refused.stderr, "faas: cpu 2 is above the daemon's --cpu-limit of 1 (HTTP 400)\n");
+      for (
+        const args of [["scale", "hello"], ["scale", "hello", "--default", "colour"], ["scale", "nope", "--pids", "8"]]
+      ) {
+        const r = await faas(api.url, args);
+        assertEquals(r.code, 1, args.join(" "));
+        assertEquals(r.stderr.trim().split("\n").length, 1, r.stderr);
+      }
+      const json = JSON.parse((await faas(api.url, ["list", "--json"])).stdout);
+      assertEquals(Object.keys(json), ["hello"]);
+      assertEquals(json.hello.settings, { cpu: 0.5, timeout: "30s" });
+    });
+
+    await t.step("scale --help describes the limits", async () => {
+      const r = await faas(api.url, ["scale", "--help"]);
+      assertEquals(r.code, 0);
+      assertStringIncludes(r.stdout, "Usage: faas scale NAME");
+      assertStringIncludes(r.stdout, "--default KEY");
+    });
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });

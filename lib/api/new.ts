@@ -1,18 +1,39 @@
 /**
  * `POST /api/new`: header `X-Image-Name` names the function, the body is an image tarball (`docker save` /
- * `podman save`, docker-archive or OCI layout). Answers `{"name", "ip"}`: 201 for a new function, 200 when an
- * existing one was replaced (it keeps its address).
+ * `podman save`, docker-archive or OCI layout). Query parameters set the function's settings, as
+ * `PATCH /api/functions/<name>` takes them (`?memory=256MiB&cpu=0.5&pids=64&timeout=30s&rootfs=writable`); they are
+ * checked before the body is read, and merged into those a replaced function had. Answers `{"name", "ip"}`: 201 for
+ * a new function, 200 when an existing one was replaced (it keeps its address).
  *
  * @module
  */
 
+import type { DaemonLimits } from "../config.ts";
 import type { Functions } from "../functions.ts";
 import { isValidName } from "../names.ts";
 import type { Metrics } from "../metrics.ts";
+import { parseSettings, type SettingsPatch } from "../settings.ts";
 import { HttpError, json } from "./http.ts";
 
+/** The settings in the query string. @throws {HttpError} 400 for an unknown, repeated or invalid one. */
+function querySettings(url: URL, limits: DaemonLimits): SettingsPatch {
+  const fields: Record<string, string> = {};
+  for (const [key, value] of url.searchParams) {
+    if (Object.hasOwn(fields, key)) throw new HttpError(400, `query parameter ${JSON.stringify(key)} given twice`);
+    fields[key] = value;
+  }
+  try {
+    return parseSettings(fields, limits);
+  } catch (e) {
+    if (e instanceof TypeError) throw new HttpError(400, e.message, { cause: e });
+    throw e;
+  }
+}
+
 /** Builds the handler. */
-export function newFunction(deps: { functions: Functions; metrics: Metrics; maxImageBytes: number }) {
+export function newFunction(
+  deps: { functions: Functions; metrics: Metrics; maxImageBytes: number; limits: DaemonLimits },
+) {
   return async (req: Request): Promise<Response> => {
     const name = req.headers.get("x-image-name")?.trim();
     if (!name) throw new HttpError(400, "missing X-Image-Name header: it names the function");
@@ -22,13 +43,14 @@ export function newFunction(deps: { functions: Functions; metrics: Metrics; maxI
         `invalid function name ${JSON.stringify(name)}: use 1-63 lowercase letters, digits and inner hyphens`,
       );
     }
+    const settings = querySettings(new URL(req.url), deps.limits);
     if (!req.body) throw new HttpError(400, "empty body: send an image tarball (docker save / podman save)");
     const length = Number(req.headers.get("content-length") ?? NaN);
     if (length > deps.maxImageBytes) {
       throw new HttpError(413, `image of ${length} bytes is over the limit of ${deps.maxImageBytes} bytes`);
     }
     try {
-      const { record, created } = await deps.functions.deploy(name, req.body);
+      const { record, created } = await deps.functions.deploy(name, req.body, settings);
       deps.metrics.deploys.inc({ outcome: "ok" });
       return json({ name: record.name, ip: record.ip }, created ? 201 : 200);
     } catch (e) {

@@ -6,6 +6,7 @@
  * @module
  */
 
+import type { DaemonLimits } from "../config.ts";
 import type { Functions } from "../functions.ts";
 import type { Metrics } from "../metrics.ts";
 import { bearerAuth } from "./auth.ts";
@@ -17,12 +18,15 @@ import { listFunctions } from "./list.ts";
 import { functionLogs } from "./logs.ts";
 import { metricsEndpoint } from "./metrics.ts";
 import { newFunction } from "./new.ts";
+import { updateFunction } from "./update.ts";
 
 /** What the API needs, handed in by the composition root. */
 export interface ApiDeps {
   functions: Functions;
   metrics: Metrics;
   maxImageBytes: number;
+  /** The daemon's per-container limits: what functions get by default, and the ceilings of their settings. */
+  limits: DaemonLimits;
   logPath: (name: string) => string;
   probe: () => Promise<Record<string, unknown>>;
   /** Aborts when the daemon stops: long answers (`logs -f`) end then. */
@@ -51,6 +55,7 @@ export function createApi(deps: ApiDeps): (req: Request) => Promise<Response> {
     route("POST", "/api/new", newFunction(deps)),
     route("GET", "/api/ip/:name", functionIp(deps)),
     route("GET", "/api/list", listFunctions(deps)),
+    route("PATCH", "/api/functions/:name", updateFunction(deps)),
     route("DELETE", "/api/functions/:name", deleteFunction(deps)),
     route("GET", "/api/logs/:name", functionLogs(deps)),
     route("GET", "/healthz", healthz(deps)),

@@ -23,7 +23,7 @@
  * @module
  */
 
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
 /** The behaviours of the test handler, selected by its first argument. See tests/fixtures/handler.c. */
@@ -43,6 +43,7 @@ export const HANDLER_MODES = [
   "sleep",
   "fork",
   "alloc",
+  "probe",
 ] as const;
 
 /** One of {@linkcode HANDLER_MODES}. */
@@ -79,6 +80,12 @@ export interface PaddedImageOptions {
   tag?: string;
 }
 
+/** Options of {@linkcode buildPythonHandlerImage}. */
+export interface PythonImageOptions {
+  /** Tarball layout; default `"docker-archive"`. */
+  format?: ArchiveFormat;
+}
+
 /** A failure of gcc or podman while building a test image. */
 export class ImageBuildError extends Error {
   /** The failing tool's stderr, when it ran. */
@@ -98,6 +105,17 @@ const HANDLER_SOURCE = join(FIXTURES_DIR, "handler.c");
 const GCC_FLAGS = ["-static", "-O2", "-s", "-Wall", "-Wextra"];
 /** Bump when the Containerfile shape changes, to invalidate cached tarballs. */
 const CACHE_VERSION = 1;
+/** Debian's interpreter (tools/setup.sh installs it); `python3` on PATH may be a pyenv shim. */
+const PYTHON = "/usr/bin/python3";
+/** The seed's Python handler, as users would deploy it. */
+const PYTHON_HANDLER = fileURLToPath(new URL("../../examples/hello-python/handler.py", import.meta.url));
+/** Bump when the Python image's shape changes (what is copied, the Containerfile), to invalidate cached tarballs. */
+const PYTHON_CACHE_VERSION = 1;
+/**
+ * Top-level entries of the standard library left out of the Python image: tests, GUI, pip's bootstrap, third-party
+ * packages, and `config-*` (the static libpython and Makefile for building C extensions, ~25 MB).
+ */
+const STDLIB_OMITTED = /^(test|idlelib|tkinter|turtledemo|ensurepip|site-packages|dist-packages|config-.*)$/;
 
 /**
  * The cache directory: env `FAASD_TEST_CACHE`, else `/tmp/faasd-test-cache`.
@@ -223,6 +241,96 @@ export function buildPaddedImage(sizeMiB: number, opts: PaddedImageOptions = {})
   );
 }
 
+/**
+ * Builds (or finds in the cache) a `FROM scratch` image running the seed's Python handler
+ * (examples/hello-python/handler.py, as `/handler.py`) on the host's Debian Python: the interpreter at its real
+ * path, the shared libraries `ldd` lists for it (the dynamic loader included) at their absolute paths, and the
+ * standard library with lib-dynload, less {@linkcode STDLIB_OMITTED}. Extension modules that need libraries the
+ * interpreter itself does not (ssl, sqlite3, ctypes, curses…) are present but cannot be imported.
+ *
+ * The cache key is the handler source, the interpreter's path, size and mtime, and {@linkcode PYTHON_CACHE_VERSION}.
+ *
+ * @param opts tarball format
+ * @returns the path of the tarball (shared cache: do not modify or delete it)
+ * @throws {ImageBuildError} when /usr/bin/python3 is missing, ldd finds a library missing, or podman fails
+ */
+export async function buildPythonHandlerImage(opts: PythonImageOptions = {}): Promise<string> {
+  const format = opts.format ?? "docker-archive";
+  let python: string;
+  try {
+    python = await Deno.realPath(PYTHON);
+  } catch (err) {
+    throw new ImageBuildError(`${PYTHON} is not there (tools/setup.sh installs Debian's python3)`, "", { cause: err });
+  }
+  const { size, mtime } = await Deno.stat(python);
+  const handler = await sha256Hex(await Deno.readFile(PYTHON_HANDLER));
+  const key = await sha256Hex(
+    JSON.stringify({ v: PYTHON_CACHE_VERSION, kind: "python", python, size, mtime: mtime?.getTime(), handler, format }),
+  );
+  const tag = `localhost/faasd-test-python:${key.slice(0, 12)}`;
+  return once(key, () =>
+    buildImage(key, format, tag, async (context) => {
+      const root = join(context, "root");
+      const stdlib = (await run(python, ["-I", "-c", "import sysconfig; print(sysconfig.get_path('stdlib'))"])).trim();
+      for (const file of [python, ...sharedLibraries(await run("ldd", [python]))]) {
+        await copyFile(file, join(root, file));
+      }
+      await copyTree(stdlib, join(root, stdlib), (name) => STDLIB_OMITTED.test(name));
+      await copyFile(PYTHON_HANDLER, join(root, "handler.py"));
+      return [
+        "FROM scratch",
+        "COPY root/ /",
+        "ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1",
+        `ENTRYPOINT ${JSON.stringify([python, "/handler.py"])}`,
+        "",
+      ].join("\n");
+    }));
+}
+
+/**
+ * The absolute paths in `ldd` output: `libm.so.6 => /lib/…/libm.so.6 (0x…)` and the loader `/lib64/ld-….so.2
+ * (0x…)`; the vDSO has no file and is skipped.
+ *
+ * @throws {ImageBuildError} when a library is not found
+ */
+function sharedLibraries(lddOutput: string): string[] {
+  const paths: string[] = [];
+  for (const line of lddOutput.split("\n")) {
+    if (/=>\s*not found/.test(line)) throw new ImageBuildError(`ldd: a library is missing`, line.trim());
+    const path = /^\s*(?:\S+\s+=>\s+)?(\/\S+)\s+\(0x[0-9a-f]+\)\s*$/.exec(line)?.[1];
+    if (path) paths.push(path);
+  }
+  return paths;
+}
+
+/**
+ * Copies the file `src` points to (symlinks resolved) to `dst`, creating its directory, keeping mode and mtime:
+ * a `.pyc` is only used while its source's mtime matches the one recorded in it.
+ */
+async function copyFile(src: string, dst: string): Promise<void> {
+  await Deno.mkdir(dirname(dst), { recursive: true });
+  await Deno.copyFile(src, dst);
+  const { atime, mtime } = await Deno.stat(src);
+  if (atime && mtime) await Deno.utime(dst, atime, mtime);
+}
+
+/** Copies the tree `src` to `dst`, resolving symlinks and skipping dangling ones and top-level names `omit` matches. */
+async function copyTree(src: string, dst: string, omit: (name: string) => boolean = () => false): Promise<void> {
+  for await (const entry of Deno.readDir(src)) {
+    if (omit(entry.name)) continue;
+    const path = join(src, entry.name);
+    let info: Deno.FileInfo;
+    try {
+      info = await Deno.stat(path);
+    } catch (err) {
+      if (err instanceof Deno.errors.NotFound) continue; // a dangling symlink
+      throw err;
+    }
+    if (info.isDirectory) await copyTree(path, join(dst, entry.name));
+    else if (info.isFile) await copyFile(path, join(dst, entry.name));
+  }
+}
+
 interface BuildPlan {
   format: ArchiveFormat;
   tag: string;
@@ -238,22 +346,21 @@ interface BuildPlan {
 async function cached(identity: Record<string, unknown>, plan: (key: string) => BuildPlan): Promise<string> {
   const binary = await compileHandler();
   const key = await sha256Hex(JSON.stringify({ v: CACHE_VERSION, binary, ...identity }));
+  return once(key, () => buildCached(key, binary, plan(key)));
+}
+
+/** Runs `build` for `key` unless a build of the same key is already under way in this process. */
+function once(key: string, build: () => Promise<string>): Promise<string> {
   let pending = inflight.get(key);
   if (!pending) {
-    pending = buildCached(key, binary, plan(key)).finally(() => inflight.delete(key));
+    pending = build().finally(() => inflight.delete(key));
     inflight.set(key, pending);
   }
   return pending;
 }
 
-async function buildCached(key: string, binary: string, plan: BuildPlan): Promise<string> {
-  const imagesDir = join(cacheDir(), "images");
-  const tarball = join(imagesDir, `${key.slice(0, 32)}.${plan.format === "oci-archive" ? "oci" : "docker"}.tar`);
-  if (await exists(tarball)) return tarball;
-  await Deno.mkdir(imagesDir, { recursive: true });
-
-  const context = await Deno.makeTempDir({ dir: cacheDir(), prefix: "context-" });
-  try {
+function buildCached(key: string, binary: string, plan: BuildPlan): Promise<string> {
+  return buildImage(key, plan.format, plan.tag, async (context) => {
     await Deno.copyFile(binary, join(context, "handler"));
     if (plan.paddingMiB) await writeRandomFile(join(context, "padding"), plan.paddingMiB);
     for (const [path, text] of Object.entries(plan.files ?? {})) {
@@ -263,23 +370,41 @@ async function buildCached(key: string, binary: string, plan: BuildPlan): Promis
       await Deno.mkdir(join(context, "files", path, ".."), { recursive: true });
       await Deno.writeTextFile(join(context, "files", path), text);
     }
-    await Deno.writeTextFile(
-      join(context, "Containerfile"),
-      `FROM scratch\nCOPY handler /handler\nENTRYPOINT ["/handler"]\n${plan.containerfile}\n`,
-    );
+    return `FROM scratch\nCOPY handler /handler\nENTRYPOINT ["/handler"]\n${plan.containerfile}\n`;
+  });
+}
+
+/**
+ * Returns the cached tarball for `key`, or builds it: `prepare` fills a fresh build context and returns the
+ * Containerfile, which podman builds and saves as `format` under `tag`.
+ */
+async function buildImage(
+  key: string,
+  format: ArchiveFormat,
+  tag: string,
+  prepare: (context: string) => Promise<string>,
+): Promise<string> {
+  const imagesDir = join(cacheDir(), "images");
+  const tarball = join(imagesDir, `${key.slice(0, 32)}.${format === "oci-archive" ? "oci" : "docker"}.tar`);
+  if (await exists(tarball)) return tarball;
+  await Deno.mkdir(imagesDir, { recursive: true });
+
+  const context = await Deno.makeTempDir({ dir: cacheDir(), prefix: "context-" });
+  try {
+    await Deno.writeTextFile(join(context, "Containerfile"), await prepare(context));
     await withPodmanLock(async () => {
       // Another process may have built it while we waited for the lock.
       if (await exists(tarball)) return;
       const partial = `${tarball}.${Deno.pid}.partial`;
       await Deno.remove(partial).catch(() => {});
       try {
-        await podman(["build", "--pull=never", "--network=none", "-q", "-t", plan.tag, "-f", "Containerfile", "."], {
+        await podman(["build", "--pull=never", "--network=none", "-q", "-t", tag, "-f", "Containerfile", "."], {
           cwd: context,
         });
-        await podman(["save", "--format", plan.format, "-o", partial, plan.tag]);
+        await podman(["save", "--format", format, "-o", partial, tag]);
       } finally {
         // The tarball is the cache; keeping the image in podman's storage would only grow it.
-        await podman(["rmi", "-f", "--ignore", plan.tag]).catch(() => {});
+        await podman(["rmi", "-f", "--ignore", tag]).catch(() => {});
       }
       await Deno.rename(partial, tarball);
     });

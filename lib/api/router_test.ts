@@ -1,0 +1,168 @@
+/**
+ * The control API's settings, through the router as main.ts serves it: query parameters of `POST /api/new`,
+ * `PATCH /api/functions/<name>`, and what `GET /api/list` shows. Functions runs on the real registry (in memory)
+ * with stand-ins for containerd, the listeners and the host addresses.
+ */
+
+import { assert, assertEquals, assertStringIncludes } from "../../tests/assert.ts";
+import type { DaemonLimits } from "../config.ts";
+import { Functions } from "../functions.ts";
+import { IpPool } from "../ipam.ts";
+import { Metrics } from "../metrics.ts";
+import { type FunctionRecord, Registry } from "../registry.ts";
+import { createApi } from "./router.ts";
+
+const MiB = 1024 ** 2;
+const limits: DaemonLimits = { memoryBytes: 512 * MiB, pids: 256, cpus: 1, scratchBytes: 64 * MiB, timeoutMs: 60_000 };
+
+/** The API over stand-ins; `bodiesRead` counts uploads the image store read from. */
+function api() {
+  const registry = new Registry(":memory:");
+  const served = new Map<string, FunctionRecord>();
+  const state = { bodiesRead: 0 };
+  const functions = new Functions({
+    registry,
+    pool: new IpPool("127.77.0.0/24"),
+    images: {
+      import: async (name, body) => {
+        state.bodiesRead++;
+        await new Response(body).arrayBuffer();
+        return {
+          imageRef: `example/${name}`,
+          containerdName: `faasd.local/functions/${name}:1`,
+          manifestDigest: "sha256:" + "d".repeat(64),
+          chainId: "sha256:" + "c".repeat(64),
+          config: {
+            entrypoint: ["/handler"],
+            cmd: [],
+            env: [],
+            workingDir: "/",
+            user: "",
+            resolvedUser: { uid: 0, gid: 0, additionalGids: [] },
+          },
+        };
+      },
+      remove: () => Promise.resolve(),
+    },
+    serving: { serve: (record) => void served.set(record.name, record), stop: (name) => void served.delete(name) },
+    addresses: { ensure: () => Promise.resolve(false), release: () => Promise.resolve() },
+  });
+  const handle = createApi({
+    functions,
+    metrics: new Metrics(),
+    maxImageBytes: 1 << 30,
+    limits,
+    logPath: () => "/nonexistent",
+    probe: () => Promise.resolve({}),
+  });
+  const request = (method: string, path: string, body?: BodyInit) =>
+    handle(new Request(`http://faasd.test${path}`, { method, body, headers: { "x-image-name": "fn" } }));
+  return { request, registry, served, state, [Symbol.dispose]: () => registry.close() };
+}
+
+const tarball = () => new Uint8Array(1024);
+
+Deno.test("POST /api/new sets the settings given as query parameters", async () => {
+  using a = api();
+  const res = await a.request("POST", "/api/new?memory=256MiB&cpu=0.5&pids=64&timeout=30s&rootfs=writable", tarball());
+  assertEquals(res.status, 201, await res.clone().text());
+  assertEquals(a.registry.get("fn")?.settings, {
+    memoryBytes: 256 * MiB,
+    cpus: 0.5,
+    pids: 64,
+    timeoutMs: 30_000,
+    rootfs: "writable",
+  });
+  // A redeploy keeps them, merging in what it sets.
+  const again = await a.request("POST", "/api/new?pids=32", tarball());
+  assertEquals(again.status, 200, await again.clone().text());
+  assertEquals(a.registry.get("fn")?.settings.pids, 32);
+  assertEquals(a.registry.get("fn")?.settings.memoryBytes, 256 * MiB);
+  assertEquals(a.served.get("fn")?.settings.pids, 32);
+});
+
+Deno.test("POST /api/new refuses bad settings with 400 before reading the body", async () => {
+  using a = api();
+  const cases: [string, string][] = [
+    ["?memory=1GiB", "memory 1GiB is above the daemon's --memory-limit of 512MiB"],
+    ["?cpu=0", "cpu 0 (no limit) cannot be set for a function"],
+    ["?rootfs=rw", 'invalid rootfs "rw"'],
+    ["?memroy=64MiB", 'unknown setting "memroy"'],
+    ["?pids=8&pids=9", 'query parameter "pids" given twice'],
+  ];
+  for (const [query, message] of cases) {
+    const res = await a.request("POST", `/api/new${query}`, tarball());
+    assertEquals(res.status, 400, query);
+    assertStringIncludes((await res.json()).error, message);
+  }
+  assertEquals(a.state.bodiesRead, 0);
+  assertEquals(a.registry.list(), []);
+});
+
+Deno.test("PATCH /api/functions/NAME merges settings and answers the function's list entry", async () => {
+  using a = api();
+  await (await a.request("POST", "/api/new?timeout=10s&rootfs=writable", tarball())).body?.cancel();
+  const res = await a.request(
+    "PATCH",
+    "/api/functions/fn",
+    JSON.stringify({ memory: "256MiB", cpu: 0.5, timeout: null }),
+  );
+  assertEquals(res.status, 200);
+  const entry = await res.json();
+  assertEquals(entry.name, "fn");
+  assertEquals(entry.settings, { memory: "256MiB", cpu: 0.5, rootfs: "writable" });
+  assertEquals([entry.memory_bytes, entry.cpus, entry.pids, entry.timeout_ms, entry.rootfs], [
+    256 * MiB,
+    0.5,
+    256,
+    60_000,
+    "writable",
+  ]);
+  const list = await (await a.request("GET", "/api/list")).json();
+  const { name: _, ...listed } = entry;
+  assertEquals(list.fn, listed);
+  assertEquals(a.served.get("fn")?.settings, { memoryBytes: 256 * MiB, cpus: 0.5, rootfs: "writable" });
+});
+
+Deno.test("PATCH /api/functions/NAME answers 400 for a bad body or value and 404 for an unknown function", async () => {
+  using a = api();
+  await (await a.request("POST", "/api/new?pids=8", tarball())).body?.cancel();
+  const cases: [string, number, string][] = [
+    ["{", 400, "body is not valid JSON"],
+    ["[1]", 400, "body must be a JSON object"],
+    ["{}", 400, "nothing to change"],
+    ['{"pids": 1000}', 400, "pids 1000 is above the daemon's --pids-limit of 256"],
+    ['{"memory": "lots"}', 400, 'invalid size for memory: "lots"'],
+    ['{"colour": "red"}', 400, 'unknown setting "colour"'],
+    [" ".repeat(65 * 1024), 413, "body over"],
+  ];
+  for (const [body, status, message] of cases) {
+    const res = await a.request("PATCH", "/api/functions/fn", body);
+    assertEquals(res.status, status, body.slice(0, 20));
+    assertStringIncludes((await res.json()).error, message);
+  }
+  assertEquals(a.registry.get("fn")?.settings, { pids: 8 });
+  const missing = await a.request("PATCH", "/api/functions/nope", '{"pids": 8}');
+  assertEquals(missing.status, 404);
+  assertEquals((await missing.json()).error, 'no function named "nope"');
+});
+
+Deno.test("GET /api/list shows each function's effective limits and what was set for it", async () => {
+  using a = api();
+  await (await a.request("POST", "/api/new?memory=64MiB&timeout=500ms", tarball())).body?.cancel();
+  const list = await (await a.request("GET", "/api/list")).json();
+  const fn = list.fn;
+  assert(fn, JSON.stringify(list));
+  assertEquals(fn.ip, "127.77.0.10");
+  assertEquals(fn.status, "active");
+  assertEquals([fn.memory_bytes, fn.cpus, fn.pids, fn.timeout_ms, fn.rootfs], [64 * MiB, 1, 256, 500, "readonly"]);
+  assertEquals(fn.settings, { memory: "64MiB", timeout: "500ms" });
+});
+
+Deno.test("the router allows PATCH and DELETE on /api/functions/NAME", async () => {
+  using a = api();
+  const res = await a.request("PUT", "/api/functions/fn", "{}");
+  assertEquals(res.status, 405);
+  assertEquals(res.headers.get("allow"), "PATCH, DELETE");
+  await res.body?.cancel();
+});

@@ -1,0 +1,69 @@
+/**
+ * `PATCH /api/functions/<name>`: changes a function's settings. The body is a JSON object of the keys `GET
+ * /api/list` shows under `settings` (`{"memory": "256MiB", "cpu": 0.5, "timeout": null}`); null returns a key to
+ * the daemon's default, a key left out keeps its value. Answers 200 with the function's entry as the list shows it,
+ * plus its `name`. The next connection's container gets the new settings; requests in flight keep theirs.
+ *
+ * @module
+ */
+
+import { concatBytes } from "../bytes.ts";
+import type { DaemonLimits } from "../config.ts";
+import type { Functions } from "../functions.ts";
+import { parseSettings, SETTING_KEYS, type SettingsPatch } from "../settings.ts";
+import { HttpError, json } from "./http.ts";
+import { functionEntry } from "./list.ts";
+
+/** Settings take a few dozen bytes; a larger body is refused before it is all read. */
+const MAX_BODY_BYTES = 64 * 1024;
+
+async function readBody(req: Request): Promise<string> {
+  const tooLarge = () => new HttpError(413, `body over ${MAX_BODY_BYTES} bytes: send only the settings to change`);
+  if (Number(req.headers.get("content-length") ?? 0) > MAX_BODY_BYTES) throw tooLarge();
+  if (!req.body) return "";
+  const parts: Uint8Array[] = [];
+  let size = 0;
+  for await (const chunk of req.body) {
+    size += chunk.length;
+    if (size > MAX_BODY_BYTES) throw tooLarge(); // leaving the loop cancels the rest of the body
+    parts.push(chunk);
+  }
+  return new TextDecoder().decode(concatBytes(parts, size));
+}
+
+/**
+ * The change the body asks for. Keys are dispatched by who reads them: today all are settings; others (the pool's
+ * `min_ready`/`max_ready`) are taken out of `fields` here before the rest goes to parseSettings.
+ *
+ * @throws {HttpError} 400 for a body that is not a non-empty JSON object of known keys with valid values.
+ */
+function parsePatch(text: string, limits: DaemonLimits): SettingsPatch {
+  const example = 'e.g. {"memory": "256MiB", "cpu": 0.5, "timeout": null}';
+  let fields: unknown;
+  try {
+    fields = JSON.parse(text);
+  } catch {
+    throw new HttpError(400, `body is not valid JSON: send an object of settings, ${example}`);
+  }
+  if (typeof fields !== "object" || fields === null || Array.isArray(fields)) {
+    throw new HttpError(400, `body must be a JSON object of settings, ${example}`);
+  }
+  if (Object.keys(fields).length === 0) {
+    throw new HttpError(400, `nothing to change: give at least one of ${SETTING_KEYS.join(", ")}`);
+  }
+  try {
+    return parseSettings(fields as Record<string, unknown>, limits);
+  } catch (e) {
+    if (e instanceof TypeError) throw new HttpError(400, e.message, { cause: e });
+    throw e;
+  }
+}
+
+/** Builds the handler. */
+export function updateFunction(deps: { functions: Functions; limits: DaemonLimits }) {
+  return async (req: Request, name: string): Promise<Response> => {
+    const patch = parsePatch(await readBody(req), deps.limits);
+    const record = await deps.functions.update(name, patch);
+    return json({ name: record.name, ...functionEntry(record, deps.limits) });
+  };
+}

@@ -1,0 +1,236 @@
+/**
+ * Per-function settings: what one request's container of a function may use, set at deploy and changed later. A
+ * setting may only lower the daemon's per-container limit (its flag), never lift it, so the flags stay the
+ * operator's ceiling. What is stored is what was set; what a container gets is computed from it and the daemon's
+ * current limits ({@linkcode effectiveLimits}), so that a daemon restarted with lower flags lowers functions too.
+ *
+ * Input (query parameters of `POST /api/new`, the JSON body of `PATCH /api/functions/NAME`) uses the keys of
+ * {@linkcode SETTING_KEYS}; `settings` in `GET /api/list` shows them back in the same form.
+ *
+ * @module
+ */
+
+import { type DaemonLimits, parseDuration, parseSize } from "./config.ts";
+
+/** How a function's container sees its root filesystem: read-only (with a writable `/tmp`), or all writable. */
+export type Rootfs = "readonly" | "writable";
+
+/** Per-function settings; an absent field takes the daemon's default (its flag). */
+export interface FunctionSettings {
+  memoryBytes?: number;
+  cpus?: number;
+  pids?: number;
+  timeoutMs?: number;
+  rootfs?: Rootfs;
+}
+
+/** A change of settings: a field given as null goes back to the daemon's default, an absent one is kept. */
+export type SettingsPatch = { [K in keyof FunctionSettings]?: Exclude<FunctionSettings[K], undefined> | null };
+
+/** What one request's container of a function gets: its settings over the daemon's defaults (0: no limit). */
+export interface EffectiveLimits {
+  memoryBytes: number;
+  cpus: number;
+  pids: number;
+  timeoutMs: number;
+  rootfs: Rootfs;
+}
+
+const KiB = 1024;
+const MiB = 1024 ** 2;
+const GiB = 1024 ** 3;
+/** Below this runc cannot even start a container (as `--memory-limit`). */
+const MIN_MEMORY = 4 * MiB;
+
+/** `268435456` → `256MiB`: the largest binary unit that divides it, so that parseSize reads it back exactly. */
+export function formatSize(bytes: number): string {
+  for (const [unit, size] of [["GiB", GiB], ["MiB", MiB], ["KiB", KiB]] as const) {
+    if (bytes >= size && bytes % size === 0) return `${bytes / size}${unit}`;
+  }
+  return `${bytes}B`;
+}
+
+/** `30000` → `30s`: the largest unit that divides it, so that parseDuration reads it back exactly. */
+export function formatDuration(ms: number): string {
+  for (const [unit, size] of [["h", 3_600_000], ["m", 60_000], ["s", 1000]] as const) {
+    if (ms >= size && ms % size === 0) return `${ms / size}${unit}`;
+  }
+  return `${ms}ms`;
+}
+
+/** One input key: the field it sets, how its value is read and bounded, and how it is shown back. */
+interface Field {
+  prop: keyof FunctionSettings;
+  /** @throws {TypeError} for a malformed or out-of-bounds value. */
+  parse(value: unknown, daemon: DaemonLimits): number | Rootfs;
+  show(value: number | Rootfs): string | number;
+}
+
+/** A number within bounds: not 0 (a function may not lift the daemon's limit), at least `min`, at most the flag's. */
+function bounded(
+  key: string,
+  n: number,
+  shown: string,
+  bounds: { min: number; minShown: string; flag: string; ceiling: number; ceilingShown: string },
+): number {
+  if (n === 0) {
+    throw new TypeError(`${key} 0 (no limit) cannot be set for a function; set null for the daemon's ${bounds.flag}`);
+  }
+  if (n < bounds.min) throw new TypeError(`${key} ${shown} is below the minimum of ${bounds.minShown}`);
+  if (bounds.ceiling !== 0 && n > bounds.ceiling) {
+    throw new TypeError(`${key} ${shown} is above the daemon's ${bounds.flag} of ${bounds.ceilingShown}`);
+  }
+  return n;
+}
+
+/** A number given as a JSON number or as its text (query parameters are text); null when it is neither. */
+function numeric(value: unknown, pattern: RegExp): number | null {
+  if (typeof value === "number") return Number.isFinite(value) && value >= 0 ? value : null;
+  if (typeof value === "string" && pattern.test(value.trim())) return Number(value);
+  return null;
+}
+
+/** The input keys, in the order they are shown. More keys (e.g. the pool's) are added here. */
+const FIELDS: Record<string, Field> = {
+  memory: {
+    prop: "memoryBytes",
+    parse(value, daemon) {
+      let bytes: number;
+      if (typeof value === "string") bytes = parseSize(value, "memory");
+      else if (typeof value === "number" && Number.isSafeInteger(value) && value >= 0) bytes = value;
+      else throw new TypeError(`invalid memory ${JSON.stringify(value)}: a size like 256MiB, or a number of bytes`);
+      const shown = typeof value === "string" ? value.trim() : formatSize(bytes);
+      return bounded("memory", bytes, shown, {
+        min: MIN_MEMORY,
+        minShown: formatSize(MIN_MEMORY),
+        flag: "--memory-limit",
+        ceiling: daemon.memoryBytes,
+        ceilingShown: formatSize(daemon.memoryBytes),
+      });
+    },
+    show: (bytes) => formatSize(bytes as number),
+  },
+  cpu: {
+    prop: "cpus",
+    parse(value, daemon) {
+      const cpus = numeric(value, /^\d+(\.\d+)?$/);
+      if (cpus === null) throw new TypeError(`invalid cpu ${JSON.stringify(value)}: a number of CPUs, e.g. 0.5 or 2`);
+      return bounded("cpu", cpus, String(cpus), {
+        min: 0.01,
+        minShown: "0.01",
+        flag: "--cpu-limit",
+        ceiling: daemon.cpus,
+        ceilingShown: String(daemon.cpus),
+      });
+    },
+    show: (cpus) => cpus,
+  },
+  pids: {
+    prop: "pids",
+    parse(value, daemon) {
+      const pids = numeric(value, /^\d+$/);
+      if (pids === null || !Number.isSafeInteger(pids)) {
+        throw new TypeError(`invalid pids ${JSON.stringify(value)}: a whole number of processes, e.g. 64`);
+      }
+      return bounded("pids", pids, String(pids), {
+        min: 1,
+        minShown: "1",
+        flag: "--pids-limit",
+        ceiling: daemon.pids,
+        ceilingShown: String(daemon.pids),
+      });
+    },
+    show: (pids) => pids,
+  },
+  timeout: {
+    prop: "timeoutMs",
+    parse(value, daemon) {
+      let ms: number;
+      if (typeof value === "string") ms = parseDuration(value, "timeout");
+      else if (typeof value === "number" && Number.isFinite(value) && value >= 0) ms = Math.round(value);
+      else throw new TypeError(`invalid timeout ${JSON.stringify(value)}: a duration like 30s or 500ms, or ms`);
+      const shown = typeof value === "string" ? value.trim() : formatDuration(ms);
+      return bounded("timeout", ms, shown, {
+        min: 1,
+        minShown: "1ms",
+        flag: "--request-timeout",
+        ceiling: daemon.timeoutMs,
+        ceilingShown: formatDuration(daemon.timeoutMs),
+      });
+    },
+    show: (ms) => formatDuration(ms as number),
+  },
+  rootfs: {
+    prop: "rootfs",
+    parse(value) {
+      if (value === "readonly" || value === "writable") return value;
+      throw new TypeError(`invalid rootfs ${JSON.stringify(value)}: readonly or writable`);
+    },
+    show: (rootfs) => rootfs,
+  },
+};
+
+/** The input keys of settings: `memory`, `cpu`, `pids`, `timeout`, `rootfs`. */
+export const SETTING_KEYS: readonly string[] = Object.freeze(Object.keys(FIELDS));
+
+/**
+ * Reads settings from user input: `memory` (a size like `256MiB`, or bytes), `cpu` (CPUs, e.g. 0.5), `pids` (a
+ * whole number), `timeout` (a duration like `30s`, or ms), `rootfs` (`readonly` or `writable`); numbers may come as
+ * text. A value of null asks for the daemon's default again. Each value must lie within the daemon's limit.
+ *
+ * @returns the change to apply (see {@linkcode mergeSettings}).
+ * @throws {TypeError} for an unknown key, a malformed value, 0 (no limit), or a value past its bound; the message
+ *   names the key (and the daemon flag bounding it) and is fit to show the user.
+ */
+export function parseSettings(fields: Record<string, unknown>, daemon: DaemonLimits): SettingsPatch {
+  const patch: Record<string, unknown> = {};
+  for (const [key, value] of Object.entries(fields)) {
+    // hasOwn: a key such as "constructor" must not find Object.prototype's.
+    if (!Object.hasOwn(FIELDS, key)) {
+      throw new TypeError(`unknown setting ${JSON.stringify(key)}: known are ${SETTING_KEYS.join(", ")}`);
+    }
+    const field = FIELDS[key]!;
+    patch[field.prop] = value === null ? null : field.parse(value, daemon);
+  }
+  return patch as SettingsPatch;
+}
+
+/** `settings` with `patch` applied: a field given as null is dropped, an absent one kept. Neither is changed. */
+export function mergeSettings(settings: FunctionSettings, patch: SettingsPatch): FunctionSettings {
+  const merged: Record<string, unknown> = { ...settings };
+  for (const [prop, value] of Object.entries(patch)) {
+    if (value === null) delete merged[prop];
+    else if (value !== undefined) merged[prop] = value;
+  }
+  return merged as FunctionSettings;
+}
+
+/** A function's limit under the daemon's: the daemon's where unset, the lower where the daemon has one. */
+function lower(setting: number | undefined, daemon: number): number {
+  if (setting === undefined) return daemon;
+  return daemon === 0 ? setting : Math.min(setting, daemon);
+}
+
+/**
+ * What one request's container of a function gets: its settings, clamped to the daemon's current limits (which may
+ * have been lowered since they were set), and the daemon's limits where it has none. Rootfs defaults to readonly.
+ */
+export function effectiveLimits(settings: FunctionSettings, daemon: DaemonLimits): EffectiveLimits {
+  return {
+    memoryBytes: lower(settings.memoryBytes, daemon.memoryBytes),
+    cpus: lower(settings.cpus, daemon.cpus),
+    pids: lower(settings.pids, daemon.pids),
+    timeoutMs: lower(settings.timeoutMs, daemon.timeoutMs),
+    rootfs: settings.rootfs ?? "readonly",
+  };
+}
+
+/** What was set for a function, in input form (`{"memory": "256MiB", "cpu": 0.5}`), which parseSettings reads back. */
+export function settingsJson(settings: FunctionSettings): Record<string, string | number> {
+  const out: Record<string, string | number> = {};
+  for (const [key, field] of Object.entries(FIELDS)) {
+    const value = settings[field.prop];
+    if (value !== undefined) out[key] = field.show(value);
+  }
+  return out;
+}
