@@ -79,13 +79,14 @@ export class ParentCgroup {
   }
 
   /**
-   * Creates (or takes over) the parent cgroup `path` and sets `totals` on it.
+   * Creates (or takes over) the parent cgroup `path` and sets `totals` on it (all 0: leaves it to runc).
    *
    * @throws {Deno.errors.PermissionDenied} (or another filesystem error) when the cgroup filesystem refuses.
    */
   static async setUp(path: string, totals: Totals, layout?: CgroupLayout): Promise<ParentCgroup> {
     const parent = new ParentCgroup(path, layout ?? await detectLayout());
-    await parent.#apply(totals);
+    // Without totals there is nothing to write: runc creates the path, and faasd need not see the cgroup filesystem.
+    if (totals.memoryBytes || totals.cpus || totals.pids) await parent.#apply(totals);
     return parent;
   }
 

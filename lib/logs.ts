@@ -198,7 +198,7 @@ export interface ContainerOutputOptions {
   /** Bytes of the container's output that are written to the log; the rest is dropped. */
   budget: number;
   /** Called once when {@linkcode ContainerOutput.close} finished. */
-  onClosed?: () => void;
+  onClosed?: () => void | Promise<void>;
 }
 
 /**
@@ -218,7 +218,7 @@ export class ContainerOutput implements AsyncDisposable {
   readonly #log: FunctionLog;
   readonly #poller: Poller;
   readonly #reader: FifoReader;
-  readonly #onClosed: (() => void) | undefined;
+  readonly #onClosed: (() => void | Promise<void>) | undefined;
   #kept = 0;
   #dropped = 0;
   /** The start of a line whose end has not been read yet. */
@@ -310,7 +310,7 @@ export class ContainerOutput implements AsyncDisposable {
       }
     }
     await this.#written;
-    this.#onClosed?.();
+    await this.#onClosed?.();
   }
 
   #watch(): void {
@@ -460,6 +460,8 @@ export class Logs implements AsyncDisposable {
   readonly #poller: Poller;
   readonly #logs = new Map<string, FunctionLog>();
   readonly #outputs = new Set<ContainerOutput>();
+  /** Open outputs per log: a function with no container running holds no open file. */
+  readonly #writers = new Map<FunctionLog, number>();
   #closing: Promise<void> | null = null;
 
   /**
@@ -508,9 +510,20 @@ export class Logs implements AsyncDisposable {
       fifoPath,
       containerId,
       budget: this.#perContainerBytes,
-      onClosed: () => this.#outputs.delete(output),
+      onClosed: () => {
+        this.#outputs.delete(output);
+        const left = (this.#writers.get(log) ?? 1) - 1;
+        if (left > 0) {
+          this.#writers.set(log, left);
+          return;
+        }
+        this.#writers.delete(log);
+        if (this.#logs.get(name) === log) this.#logs.delete(name);
+        return log.close();
+      },
     });
     this.#outputs.add(output);
+    this.#writers.set(log, (this.#writers.get(log) ?? 0) + 1);
     return output;
   }
 

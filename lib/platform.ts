@@ -93,7 +93,13 @@ export async function startPlatform(config: DaemonConfig, log: (message: string)
     if (config.socketGuard === "nftables") guard = await SocketGuard.install(config.namespace);
     else log("socket guard off (--socket-guard off): a handler can reconnect its socket to any host address");
     const totals = autoTotals(config.totals);
-    const cgroup = await ParentCgroup.setUp(`/${config.namespace}`, totals);
+    const cgroup = await ParentCgroup.setUp(`/${config.namespace}`, totals).catch((e) => {
+      throw new Error(
+        `cannot set up the parent cgroup /${config.namespace}: ${(e as Error).message} ` +
+          "(run faasd where /sys/fs/cgroup is mounted, or pass --total-memory 0 --total-cpu 0 --total-pids 0)",
+        { cause: e },
+      );
+    });
     poller = new Poller();
     const metrics = new Metrics();
     const logs = new Logs({ stateDir, maxBytes: config.logMaxBytes, poller });

@@ -110,6 +110,20 @@ Deno.test("seccomp and capabilities keep every escape system call from a handler
       assert(result !== "ok" && /^E[A-Z]+$/.test(result), `${name}: ${result}`);
     });
   }
+  await t.step("a function's limits are lowered with PATCH, from its next request on", async () => {
+    const res = await p.request("PATCH", "/api/functions/probe", {
+      body: JSON.stringify({ pids: 16, memory: "64MiB" }),
+      headers: { "content-type": "application/json" },
+    });
+    assertEquals(res.status, 200, await res.clone().text());
+    const list = await (await p.request("GET", "/api/list")).json();
+    assertEquals([list.probe.pids, list.probe.memory_bytes], [16, 64 << 20]);
+    const forked = Number((await probe(base, "forkbomb/100/0")).split(" ")[1]);
+    assert(forked < 16, `forked ${forked}`);
+    const above = await p.request("PATCH", "/api/functions/probe", { body: JSON.stringify({ pids: 100000 }) });
+    assertEquals(above.status, 400);
+    assertStringIncludes((await above.json()).error, "--pids-limit");
+  });
   await t.step("nothing is left", async () => {
     await settled(p);
     assertEquals(await leftovers(p.client), NONE);

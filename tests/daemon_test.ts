@@ -132,7 +132,10 @@ Deno.test("the seed's 10.0.0.0/24 pool works inside a network namespace", async 
   try {
     await sh(["ip", "netns", "exec", netns, "ip", "link", "set", "lo", "up"]);
     const port = freePort();
-    await using d = await startDaemon(ctd, { netns, pool: "10.0.0.0/24", port });
+    // `ip netns exec` mounts a fresh /sys without the cgroup filesystem: no totals there (runc still limits each
+    // container, since it runs beside containerd, outside this namespace).
+    const flags = ["--total-memory", "0", "--total-cpu", "0", "--total-pids", "0"];
+    await using d = await startDaemon(ctd, { netns, pool: "10.0.0.0/24", port, flags });
     const { ip } = await upload(d.url, "hello", await buildHandlerImage("hello"), netns);
     assertEquals(ip, "10.0.0.10");
     const addrs = await sh(["ip", "netns", "exec", netns, "ip", "-o", "-4", "addr", "show", "dev", "lo"]);
