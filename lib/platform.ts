@@ -91,7 +91,10 @@ export async function startPlatform(config: DaemonConfig, log: (message: string)
     const seccomp = await loadSeccompProfile(config.seccomp, { capabilities: CAPABILITIES });
     if (!seccomp) log("seccomp: unconfined (--seccomp unconfined): containers may use every system call");
     if (config.socketGuard === "nftables") guard = await SocketGuard.install(config.namespace);
-    else log("socket guard off (--socket-guard off): a handler can reconnect its socket to any host address");
+    else {
+      await SocketGuard.removeLeftover(config.namespace);
+      log("socket guard off (--socket-guard off): a handler can reconnect its socket to any host address");
+    }
     const totals = autoTotals(config.totals);
     const cgroup = await ParentCgroup.setUp(`/${config.namespace}`, totals).catch((e) => {
       throw new Error(

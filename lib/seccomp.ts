@@ -4,9 +4,9 @@
  * `default` is faasd's profile: Debian's containers-common profile (docker/moby format, read at run time, not copied
  * into the repo) resolved for our capabilities and architecture, then tightened past Docker's and Podman's defaults:
  * the {@link SECCOMP_DENIED} syscalls answer EPERM, clone may not create namespaces, clone3 answers ENOSYS (libc then
- * falls back to clone, whose flags seccomp can see), and ioctl may not ask the host's network stack about itself
- * through the TCP socket the handler is handed (that socket lives in the host's network namespace). Any other path is
- * a profile in the same format, converted as it is; `unconfined` is no profile.
+ * falls back to clone, whose flags seccomp can see), socket may not open AF_VSOCK, and ioctl may not ask the host's
+ * network stack about itself through the TCP socket the handler is handed (that socket lives in the host's network
+ * namespace). Any other path is a profile in the same format, converted as it is; `unconfined` is no profile.
  *
  * @module
  */
@@ -52,9 +52,10 @@ export class SeccompProfileError extends Error {
 /**
  * Syscalls no request handler may make: namespaces and mounts, the (not namespaced) keyring, other processes' memory,
  * io_uring (its own syscall surface, unseen by seccomp), userfaultfd and perf (exploit helpers), host logs, file
- * handles, modules, swap, reboot, host identity and the clock. adjtimex and clock_adjtime are denied too: their only
- * use without CAP_SYS_TIME is reading the host's clock discipline, and glibc and musl route adjtimex() and
- * ntp_gettime() through clock_adjtime, so keeping only the adjtimex syscall would not help them anyway.
+ * handles, modules, swap, reboot, host identity, NUMA memory policy (Docker requires CAP_SYS_NICE for it) and the
+ * clock. adjtimex and clock_adjtime are denied too: their only use without CAP_SYS_TIME is reading the host's clock
+ * discipline, and glibc and musl route adjtimex() and ntp_gettime() through clock_adjtime, so keeping only the
+ * adjtimex syscall would not help them anyway.
  */
 export const SECCOMP_DENIED: readonly string[] = [
   "mount",
@@ -112,7 +113,19 @@ export const SECCOMP_DENIED: readonly string[] = [
   "vhangup",
   "iopl",
   "ioperm",
+  "get_mempolicy",
+  "set_mempolicy",
+  "set_mempolicy_home_node",
+  "mbind",
+  "migrate_pages",
+  "move_pages",
 ];
+
+/**
+ * socket()'s address family answered EPERM, as in Docker: vsock is not network-namespaced, so from a container with
+ * no network it would still reach the host's (or hypervisor's) vsock services.
+ */
+export const AF_VSOCK = 40;
 
 /** CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNET. */
 export const CLONE_NAMESPACE_FLAGS = 0x7E020000;
@@ -321,7 +334,12 @@ function tighten(base: SeccompProfile, cloneFlags: number): SeccompProfile {
     const names = rule.names.filter((n) =>
       !replaced.has(n) && !(allows && denied.has(n)) && !(allows && n === "personality" && !rule.args?.length)
     );
-    if (names.length) syscalls.push({ ...rule, names });
+    if (allows && names.includes("socket")) {
+      const others = names.filter((n) => n !== "socket");
+      if (others.length) syscalls.push({ ...rule, names: others });
+      const args = withoutVsock(rule.args ?? []);
+      if (args) syscalls.push({ ...rule, names: ["socket"], args });
+    } else if (names.length) syscalls.push({ ...rule, names });
   }
   // A denied syscall answers EPERM, as in Docker, unless a base rule already denies it (a second
   // unconditional rule for one syscall would meet libseccomp's precedence).
@@ -329,17 +347,51 @@ function tighten(base: SeccompProfile, cloneFlags: number): SeccompProfile {
   const eperm = SECCOMP_DENIED.filter((n) => !named.has(n));
   if (eperm.length) syscalls.push({ names: eperm, action: ERRNO, errnoRet: EPERM });
 
-  // Allow and deny rules below are complements of each other, so which libseccomp prefers never matters.
+  // Each deny rule below is disjoint from every allow rule of its syscall: libseccomp's precedence never matters.
   syscalls.push(
     ...maskedEq("clone", ALLOW, cloneFlags, CLONE_NAMESPACE_FLAGS, 0),
     ...maskedNe("clone", ERRNO, cloneFlags, CLONE_NAMESPACE_FLAGS, 0, EPERM),
     { names: ["clone3"], action: ERRNO, errnoRet: ENOSYS },
+    rule("socket", ERRNO, [{ index: 0, value: AF_VSOCK, valueTwo: 0, op: "SCMP_CMP_EQ" }], EPERM),
     // ioctl's request is an unsigned int but seccomp sees the whole 64-bit register; these masks look only at
     // bits 8..15, so whatever the upper bits hold changes nothing.
     ...maskedNe("ioctl", ALLOW, 1, IOCTL_DENIED_MASK, IOCTL_DENIED_VALUE),
     ...maskedEq("ioctl", ERRNO, 1, IOCTL_DENIED_MASK, IOCTL_DENIED_VALUE, EPERM),
   );
   return { ...base, syscalls };
+}
+
+/**
+ * An allowing socket rule's conditions narrowed to families other than AF_VSOCK, or null to drop the rule. runc ORs
+ * conditions that share an index, so a rule already testing the family is kept only if that test rejects AF_VSOCK
+ * (no second test can be ANDed to it): failing closed.
+ */
+function withoutVsock(args: SeccompArg[]): SeccompArg[] | null {
+  if (new Set(args.map((a) => a.index)).size < args.length) return null;
+  const family = args.find((a) => a.index === 0);
+  if (!family) return [...args, { index: 0, value: AF_VSOCK, valueTwo: 0, op: "SCMP_CMP_NE" }];
+  return holds(family, AF_VSOCK) ? null : args;
+}
+
+/** Whether `arg` satisfies the condition, as libseccomp compares (unsigned 64-bit). */
+function holds(c: SeccompArg, arg: number): boolean {
+  const a = BigInt(arg), v = BigInt(c.value), v2 = BigInt(c.valueTwo ?? 0);
+  switch (c.op) {
+    case "SCMP_CMP_EQ":
+      return a === v;
+    case "SCMP_CMP_NE":
+      return a !== v;
+    case "SCMP_CMP_LT":
+      return a < v;
+    case "SCMP_CMP_LE":
+      return a <= v;
+    case "SCMP_CMP_GT":
+      return a > v;
+    case "SCMP_CMP_GE":
+      return a >= v;
+    default: // SCMP_CMP_MASKED_EQ, the only other op parseArg lets through
+      return (a & v) === v2;
+  }
 }
 
 /** The rule matching `(arg & mask) == value`. */

@@ -85,6 +85,15 @@ export class SocketGuard implements AsyncDisposable {
     return new SocketGuard(table);
   }
 
+  /**
+   * Deletes a guard table a previous run left (when the operator has since opted out); never throws, and does nothing
+   * when there is none or nft is missing.
+   */
+  static async removeLeftover(namespace: string): Promise<void> {
+    const table = guardTable(namespace);
+    await nft(`table inet ${table}\ndelete table inet ${table}\n`).catch(() => {});
+  }
+
   /** How many connection attempts of handed-over sockets the rule dropped so far (the rule's counter). */
   async dropped(): Promise<number> {
     const out = await new Deno.Command("nft", { args: ["list", "table", "inet", this.table], stdout: "piped" })
