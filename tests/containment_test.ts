@@ -227,3 +227,26 @@ Deno.test("a flood on stdout leaves the log near its cap", async (t) => {
     assertStringIncludes(log, "dropped");
   });
 });
+
+Deno.test("faasd refuses to start when it cannot install the socket guard, unless the operator opts out", async () => {
+  await using ctd = await startContainerd();
+  const path = Deno.env.get("PATH")!;
+  const empty = await Deno.makeTempDir();
+  Deno.env.set("PATH", empty); // no nft to be found
+  try {
+    let refused: unknown = null;
+    try {
+      const p = await startTestPlatform(ctd);
+      await p.close();
+    } catch (e) {
+      refused = e;
+    }
+    assert(refused instanceof Error, "started without the guard");
+    assertStringIncludes((refused as Error).message, "nft");
+  } finally {
+    Deno.env.set("PATH", path);
+    await Deno.remove(empty);
+  }
+  await using p = await startTestPlatform(ctd, { flags: ["--socket-guard", "off"] });
+  assertEquals(p.platform.guard, null);
+});
