@@ -78,12 +78,17 @@ export async function httpGet(hostname: string, port: number, expectedBody: stri
 
 let ctrSeq = 0;
 
-/** `ctr run --rm IMAGE ID /handler exit`: start and reap one container; exit code 3 is success. */
-export async function ctrRun(ctd: ContainerdInstance, namespace: string, image: string): Promise<Sample> {
+/** `ctr run --rm [extraArgs] IMAGE ID /handler exit`: start and reap one container; exit code 3 is success. */
+export async function ctrRun(
+  ctd: ContainerdInstance,
+  namespace: string,
+  image: string,
+  extraArgs: string[] = [],
+): Promise<Sample> {
   const id = `bench-${Deno.pid}-${ctrSeq++}`;
   const start = performance.now();
   const out = await new Deno.Command("ctr", {
-    args: ["-a", ctd.socket, "-n", namespace, "run", "--rm", image, id, "/handler", "exit"],
+    args: ["-a", ctd.socket, "-n", namespace, "run", "--rm", ...extraArgs, image, id, "/handler", "exit"],
     stdin: "null",
     stdout: "null",
     stderr: "piped",

@@ -39,7 +39,7 @@ export const CONTROL_SOCKET = "/control.sock";
 
 const DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/** The capabilities a container keeps (containerd's default set without NET_RAW: it has no network to use). */
+/** The capabilities a container keeps: containerd's default set without NET_RAW (no network to use) and SYS_CHROOT (seccomp denies chroot). */
 export const CAPABILITIES: readonly string[] = [
   "CAP_CHOWN",
   "CAP_DAC_OVERRIDE",
@@ -51,7 +51,6 @@ export const CAPABILITIES: readonly string[] = [
   "CAP_SETFCAP",
   "CAP_SETPCAP",
   "CAP_NET_BIND_SERVICE",
-  "CAP_SYS_CHROOT",
   "CAP_KILL",
   "CAP_AUDIT_WRITE",
 ];
