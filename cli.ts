@@ -1,12 +1,12 @@
 /**
  * `faas`: the command-line client of a faasd control API.
  *
- *     deno task faas [--url URL] [--token TOKEN] new IMAGE [--name N] [--tar FILE] [LIMITS]
- *     deno task faas [--url URL] [--token TOKEN] scale NAME [LIMITS] [--default KEY]
+ *     deno task faas [--url URL] [--token TOKEN] new IMAGE [--name N] [--tar FILE] [LIMITS] [POOL]
+ *     deno task faas [--url URL] [--token TOKEN] scale NAME [LIMITS] [POOL] [--default KEY]
  *     deno task faas [--url URL] [--token TOKEN] ip NAME | list [--json] | delete NAME | logs NAME [-f]
  *
- * LIMITS are `--memory SIZE --cpu N --pids N --timeout D --rootfs readonly|writable`, each optional, sent as they
- * were typed: faasd checks them against its own flags.
+ * LIMITS are `--memory SIZE --cpu N --pids N --timeout D --rootfs readonly|writable`, POOL `--min-ready N
+ * --max-ready N`, each optional, sent as they were typed: faasd checks them against its own flags.
  *
  * `FAAS_URL` is the default for `--url` (else http://127.0.0.1:8080), `FAAS_TOKEN` for `--token`. Every failure
  * prints one line and exits 1.
@@ -22,16 +22,20 @@ import { formatDuration, formatSize, SETTING_KEYS } from "./lib/settings.ts";
 const USAGE = `Usage: faas [--url URL] [--token TOKEN] <command> [options]
 
 Commands:
-  new IMAGE [--name N] [--tar FILE] [LIMITS]  deploy a local image (docker save / podman save streamed to faasd),
-                                              print its IP
-  scale NAME [LIMITS] [--default KEY]         change a function's limits; --default KEY returns one to faasd's
-  ip NAME                                     print the IP of a function
-  list [--json]                               list functions: IMAGE  IP  STATUS
-  delete NAME                                 stop serving a function, free its IP, remove its image
-  logs NAME [-f]                              print a function's container output; -f follows it
+  new IMAGE [--name N] [--tar FILE] [LIMITS] [POOL]
+                                      deploy a local image (docker save / podman save streamed to faasd), print its IP
+  scale NAME [LIMITS] [POOL] [--default KEY]
+                                      change a function's limits and pool sizing; --default KEY returns one to
+                                      faasd's default
+  ip NAME                             print the IP of a function
+  list [--json]                       list functions: IMAGE  IP  STATUS  READY (ready/min-max)
+  delete NAME                         stop serving a function, free its IP, remove its image
+  logs NAME [-f]                      print a function's container output; -f follows it
 
-Limits of each request's container (at most faasd's own, which apply where none is given):
+LIMITS, of each request's container (at most faasd's own, which apply where none is given):
   --memory SIZE  --cpu N  --pids N  --timeout D  --rootfs readonly|writable
+POOL, ready containers kept for the function (at most faasd's --pool-max; default 0 and 8):
+  --min-ready N  --max-ready N
 
 Options:
   --url URL      faasd control API (env FAAS_URL, default http://127.0.0.1:8080)
@@ -45,11 +49,13 @@ const LIMITS_HELP = `  --memory SIZE    memory, e.g. 256MiB (at most faasd's --m
   --pids N         processes and threads at once (at most faasd's --pids-limit)
   --timeout D      how long one request may run, e.g. 30s (at most faasd's --request-timeout)
   --rootfs MODE    readonly (default: only /tmp is writable) or writable
+  --min-ready N    ready containers kept even when idle (default 0; at most --max-ready and faasd's --pool-max)
+  --max-ready N    ready containers kept at most (default 8; at most faasd's --pool-max)
 `;
 
 const COMMAND_HELP: Record<string, string> = {
   new: `Usage: faas new IMAGE [--name N] [--tar FILE] [--memory SIZE] [--cpu N] [--pids N] [--timeout D]
-                [--rootfs readonly|writable]
+                [--rootfs readonly|writable] [--min-ready N] [--max-ready N]
 
 Exports IMAGE with \`docker save\` (or \`podman save\` where docker has no such image) and streams it straight to
 faasd, which imports it into containerd and serves it on its own IP. Prints the IP. Limits given are set for the
@@ -58,14 +64,18 @@ function (a redeploy keeps those set before); the others follow faasd's flags.
   --tar FILE       upload FILE (a docker save / podman save tarball) instead of exporting IMAGE
 ${LIMITS_HELP}`,
   scale: `Usage: faas scale NAME [--memory SIZE] [--cpu N] [--pids N] [--timeout D] [--rootfs readonly|writable]
-                  [--default KEY]...
+                  [--min-ready N] [--max-ready N] [--default KEY]...
 
-Changes the limits of function NAME's containers from its next request on, and prints them all. Limits not given
-stay as they are.
+Changes the limits of function NAME's containers from its next request on, and how many ready containers faasd
+keeps for it, and prints them all. Those not given stay as they are.
 ${LIMITS_HELP}  --default KEY    return KEY (${SETTING_KEYS.join(", ")}) to faasd's default; may be repeated
 `,
   ip: "Usage: faas ip NAME\n\nPrints the IP address of function NAME.\n",
-  list: "Usage: faas list [--json]\n\nLists deployed functions as a table IMAGE  IP  STATUS, or as faasd's JSON.\n",
+  list: `Usage: faas list [--json]
+
+Lists deployed functions as a table IMAGE  IP  STATUS  READY, or as faasd's JSON. READY is ready/min-max: the ready
+containers the function has now, and how many faasd keeps for it at least (once idle) and at most.
+`,
   delete: "Usage: faas delete NAME\n\nStops serving NAME, frees its IP and removes its image.\n",
   logs: "Usage: faas logs NAME [-f]\n\nPrints the output of NAME's containers; -f keeps following it.\n",
 };
@@ -197,20 +207,26 @@ function exportImage(engine: string, image: string): ReadableStream<Uint8Array> 
   });
 }
 
-/** The limits options, named as the settings keys faasd takes. */
+/** The limits and pool options, one per settings key faasd takes (`--min-ready` for `min_ready`). */
 const LIMIT_OPTIONS = {
   memory: { type: "string" },
   cpu: { type: "string" },
   pids: { type: "string" },
   timeout: { type: "string" },
   rootfs: { type: "string" },
+  "min-ready": { type: "string" },
+  "max-ready": { type: "string" },
 } as const;
 
-/** The limits options that were given, as settings (text, as typed). */
+/** The settings key of an option (or of a `--default` argument, which may be given either way). */
+const settingKey = (option: string) => option.replaceAll("-", "_");
+
+/** The limits and pool options that were given, as settings (text, as typed). */
 function givenLimits(values: Record<string, unknown>): Record<string, string> {
   const out: Record<string, string> = {};
-  for (const key of Object.keys(LIMIT_OPTIONS)) {
-    if (typeof values[key] === "string") out[key] = values[key];
+  for (const option of Object.keys(LIMIT_OPTIONS)) {
+    const value = values[option];
+    if (typeof value === "string") out[settingKey(option)] = value;
   }
   return out;
 }
@@ -272,26 +288,38 @@ async function cmdIp(api: Target, args: string[]): Promise<void> {
   console.log((await (await call(api, `/api/ip/${encodeURIComponent(name)}`)).json() as { ip: string }).ip);
 }
 
-async function cmdList(api: Target, args: string[]): Promise<void> {
-  const { values } = parseArgs({ args, options: { json: { type: "boolean" } } });
-  const data = await (await call(api, "/api/list")).json() as Record<string, { ip: string; status: string }>;
-  if (values.json) return console.log(JSON.stringify(data, null, 2));
-  const rows = [["IMAGE", "IP", "STATUS"], ...Object.entries(data).map(([name, f]) => [name, f.ip, f.status])];
-  const width = [0, 1].map((i) => Math.max(...rows.map((r) => r[i]!.length)) + 2);
-  for (const r of rows) console.log(r[0]!.padEnd(width[0]!) + r[1]!.padEnd(width[1]!) + r[2]);
-}
-
-/** A function as `GET /api/list` and `PATCH /api/functions/NAME` show it (the fields scale prints). */
+/** A function as `GET /api/list` and `PATCH /api/functions/NAME` show it (the fields list and scale print). */
 interface Entry {
+  ip: string;
+  status: string;
   memory_bytes: number;
   cpus: number;
   pids: number;
   timeout_ms: number;
   rootfs: string;
+  min_ready: number;
+  max_ready: number;
+  ready: number;
   settings: Record<string, unknown>;
 }
 
-/** `hello: memory 256MiB, cpu 0.5, pids 256 (default), …`: what each request's container gets; 0 is no limit. */
+async function cmdList(api: Target, args: string[]): Promise<void> {
+  const { values } = parseArgs({ args, options: { json: { type: "boolean" } } });
+  const data = await (await call(api, "/api/list")).json() as Record<string, Entry>;
+  if (values.json) return console.log(JSON.stringify(data, null, 2));
+  const rows = [
+    ["IMAGE", "IP", "STATUS", "READY"],
+    ...Object.entries(data).map(([name, f]) => [name, f.ip, f.status, `${f.ready}/${f.min_ready}-${f.max_ready}`]),
+  ];
+  const last = rows[0]!.length - 1;
+  const width = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)) + 2);
+  for (const r of rows) console.log(r.map((cell, i) => i === last ? cell : cell.padEnd(width[i]!)).join(""));
+}
+
+/**
+ * `hello: memory 256MiB, cpu 0.5, pids 256 (default), …, max_ready 8 (default)`: what each request's container gets
+ * (a limit of 0 is none) and how many ready containers faasd keeps for the function.
+ */
 function limitsLine(name: string, f: Entry): string {
   const shown: [string, string][] = [
     ["memory", f.memory_bytes ? formatSize(f.memory_bytes) : "unlimited"],
@@ -299,6 +327,8 @@ function limitsLine(name: string, f: Entry): string {
     ["pids", f.pids ? String(f.pids) : "unlimited"],
     ["timeout", f.timeout_ms ? formatDuration(f.timeout_ms) : "unlimited"],
     ["rootfs", f.rootfs],
+    ["min_ready", String(f.min_ready)],
+    ["max_ready", String(f.max_ready)],
   ];
   const parts = shown.map(([key, value]) => `${key} ${value}${key in f.settings ? "" : " (default)"}`);
   return `${name}: ${parts.join(", ")}`;
@@ -314,15 +344,17 @@ async function cmdScale(api: Target, args: string[]): Promise<void> {
   if (!name) throw new CliError("faas scale needs a NAME; see faas scale --help");
   if (positionals.length > 1) throw new CliError(`unexpected argument ${positionals[1]}`);
   const patch: Record<string, string | null> = givenLimits(values);
-  for (const key of values.default ?? []) {
+  for (const given of values.default ?? []) {
+    const key = settingKey(given);
     if (!SETTING_KEYS.includes(key)) {
-      throw new CliError(`unknown --default ${JSON.stringify(key)}: one of ${SETTING_KEYS.join(", ")}`);
+      throw new CliError(`unknown --default ${JSON.stringify(given)}: one of ${SETTING_KEYS.join(", ")}`);
     }
-    if (key in patch) throw new CliError(`--${key} and --default ${key} contradict each other`);
+    if (key in patch) throw new CliError(`--${key.replaceAll("_", "-")} and --default ${given} contradict each other`);
     patch[key] = null;
   }
   if (Object.keys(patch).length === 0) {
-    throw new CliError("faas scale needs at least one of --memory, --cpu, --pids, --timeout, --rootfs, --default KEY");
+    const options = Object.keys(LIMIT_OPTIONS).map((o) => `--${o}`).join(", ");
+    throw new CliError(`faas scale needs at least one of ${options}, --default KEY`);
   }
   const res = await call(api, `/api/functions/${encodeURIComponent(name)}`, {
     method: "PATCH",

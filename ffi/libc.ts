@@ -112,6 +112,7 @@ export const SCM_RIGHTS = 1;
 export const IPPROTO_TCP = 6;
 /** `<netinet/tcp.h>`: getsockopt option returning `struct tcp_info`. */
 export const TCP_INFO = 11;
+export const MSG_PEEK = 0x2;
 export const MSG_DONTWAIT = 0x40;
 export const MSG_CTRUNC = 0x8;
 export const MSG_NOSIGNAL = 0x4000;

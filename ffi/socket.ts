@@ -32,6 +32,7 @@ import {
   MSG_CTRUNC,
   MSG_DONTWAIT,
   MSG_NOSIGNAL,
+  MSG_PEEK,
   SCM_RIGHTS,
   SHUT_RDWR,
   SHUT_WR,
@@ -212,6 +213,23 @@ export class TcpConn extends Fd {
       if (n >= 0) return n;
       const error = lastError("recv");
       if (error.errno === EAGAIN) return null;
+      if (error.errno !== EINTR) throw error;
+    }
+  }
+
+  /**
+   * Whether the peer closed its sending side without sending anything more: looks at the next byte without taking
+   * it (`MSG_PEEK`), so the bytes stay for whoever reads the socket later.
+   *
+   * @throws {ErrnoError} from `recv`, e.g. `ECONNRESET`.
+   */
+  peekEof(): boolean {
+    const one = new Uint8Array(1);
+    for (;;) {
+      const n = Number(libc().recv(this.fd, one, 1n, MSG_DONTWAIT | MSG_PEEK));
+      if (n >= 0) return n === 0;
+      const error = lastError("recv");
+      if (error.errno === EAGAIN) return false;
       if (error.errno !== EINTR) throw error;
     }
   }

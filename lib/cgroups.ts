@@ -18,8 +18,6 @@ export interface Totals {
 }
 
 const CPU_PERIOD_US = 100_000;
-/** The v1 controllers faasd limits or must clean up after runc (runc creates the path in every mounted one). */
-const V1_CONTROLLERS = ["memory", "pids", "cpu", "cpuacct", "cpuset", "blkio", "devices", "freezer", "perf_event"];
 
 /** Processes all containers together may run by default: far below any host's pid_max (32768 at the least). */
 const AUTO_PIDS = 4096;
@@ -85,8 +83,9 @@ export class ParentCgroup {
    */
   static async setUp(path: string, totals: Totals, layout?: CgroupLayout): Promise<ParentCgroup> {
     const parent = new ParentCgroup(path, layout ?? await detectLayout());
-    // Without totals there is nothing to write: runc creates the path, and faasd need not see the cgroup filesystem.
-    if (totals.memoryBytes || totals.cpus || totals.pids) await parent.#apply(totals);
+    // Without totals there is nothing to write (runc creates the path, and faasd need not see the cgroup filesystem),
+    // unless a previous run left limits on an existing parent: those are lifted.
+    if (totals.memoryBytes || totals.cpus || totals.pids || await parent.#exists()) await parent.#apply(totals);
     return parent;
   }
 
@@ -95,17 +94,23 @@ export class ParentCgroup {
     return `${this.path}/${fn}/${id}`;
   }
 
-  /** The directories holding the parent (one on v2, one per mounted controller on v1). */
+  /**
+   * The directories holding the parent: one on v2; on v1, one in every hierarchy mounted under the root (runc creates
+   * the path in each, the named `systemd` one and a hybrid host's `unified` one included).
+   */
   async #dirs(): Promise<string[]> {
     const { version, root } = this.layout;
     if (version === 2) return [`${root}${this.path}`];
-    const dirs: string[] = [];
-    for (const c of V1_CONTROLLERS) {
+    return (await subdirs(root)).map((h) => `${root}/${h}${this.path}`);
+  }
+
+  async #exists(): Promise<boolean> {
+    for (const d of await this.#dirs().catch(() => [])) {
       try {
-        if ((await Deno.stat(`${root}/${c}`)).isDirectory) dirs.push(`${root}/${c}${this.path}`);
-      } catch { /* controller not mounted */ }
+        if ((await Deno.stat(d)).isDirectory) return true;
+      } catch { /* not there */ }
     }
-    return dirs;
+    return false;
   }
 
   async #apply(t: Totals): Promise<void> {
@@ -147,14 +152,14 @@ export class ParentCgroup {
    * @returns how many container cgroups were removed.
    */
   async sweep(): Promise<number> {
-    let removed = 0;
+    const removed = new Set<string>();
     for (const d of await this.#dirs()) {
       for (const fn of await subdirs(d)) {
-        for (const c of await subdirs(`${d}/${fn}`)) if (await rmdir(`${d}/${fn}/${c}`)) removed++;
+        for (const c of await subdirs(`${d}/${fn}`)) if (await rmdir(`${d}/${fn}/${c}`)) removed.add(c);
         await rmdir(`${d}/${fn}`);
       }
     }
-    return removed;
+    return removed.size;
   }
 
   /** Sweeps, then removes the parent itself when nothing runs in it. */

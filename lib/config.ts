@@ -27,6 +27,8 @@ export interface DaemonConfig {
   apiToken: string | null;
   /** What each request's container may use (0: no limit); per-function settings may only lower these. */
   limits: DaemonLimits;
+  /** The warm pool of ready containers and the queue of connections waiting for one. */
+  pool: PoolConfig;
   /** What all request containers together may use (their parent cgroup); "auto" is sized from the host at start. */
   totals: { memoryBytes: number | "auto"; cpus: number | "auto"; pids: number | "auto" };
   /** `default` (faasd's profile), `unconfined`, or the path of a profile in the docker/containers JSON format. */
@@ -45,6 +47,31 @@ export interface DaemonLimits {
   scratchBytes: number;
   /** How long one request's container may run (the request timeout). */
   timeoutMs: number;
+  /** `--pool-max` (as `pool.max`): the ceiling of a function's `min_ready` and `max_ready`. */
+  poolMax: number;
+}
+
+/** The warm pool's flags. */
+export interface PoolConfig {
+  /** `--pool-idle`: a function with no connection for this long shrinks to its min_ready. */
+  idleMs: number;
+  /** `--pool-max`: ready containers across all functions (0: none are kept ready). */
+  max: number;
+  /** `--pool-max-age`: a ready container older than this is replaced. */
+  maxAgeMs: number;
+  /** `--max-starting`: container starts in flight at once, across all functions. */
+  maxStarting: number;
+  /** `--queue-timeout`: a connection waiting longer than this for a container is answered 503. */
+  queueTimeoutMs: number;
+  /** `--max-queue`: connections one function may have waiting (0: none wait; past it, 503). */
+  maxQueue: number;
+  /** `--header-timeout`: a connection that sends nothing within this is closed without costing a container. */
+  headerTimeoutMs: number;
+  /**
+   * `--max-containers`: request containers across all functions, ready + starting + serving. "auto" is kept as
+   * given and sized from the host at start by {@linkcode resolveMaxContainers}, as the `auto` totals are.
+   */
+  maxContainers: number | "auto";
 }
 
 interface FlagSpec {
@@ -77,7 +104,49 @@ export const FLAGS = {
   "max-concurrency": {
     env: "FAASD_MAX_CONCURRENCY",
     default: "32",
-    help: "containers one function may run at once; past it, 503",
+    help: "connections one function may be serving at once (handed over, not yet ended); past it connections wait " +
+      "in the queue",
+  },
+  "pool-idle": {
+    env: "FAASD_POOL_IDLE",
+    default: "5m",
+    help: "a function with no connection for this long shrinks to its min_ready ready containers",
+  },
+  "pool-max": {
+    env: "FAASD_POOL_MAX",
+    default: "64",
+    help: "ready containers kept across all functions (0: none); also the ceiling of min_ready and max_ready",
+  },
+  "pool-max-age": {
+    env: "FAASD_POOL_MAX_AGE",
+    default: "10m",
+    help: "a ready container older than this is replaced by a fresh one",
+  },
+  "max-starting": {
+    env: "FAASD_MAX_STARTING",
+    default: "4",
+    help: "container starts in flight at once, across all functions",
+  },
+  "queue-timeout": {
+    env: "FAASD_QUEUE_TIMEOUT",
+    default: "10s",
+    help: "a connection waiting longer than this for a container gets 503",
+  },
+  "max-queue": {
+    env: "FAASD_MAX_QUEUE",
+    default: "256",
+    help: "connections one function may have waiting (0: none wait); past it, 503",
+  },
+  "header-timeout": {
+    env: "FAASD_HEADER_TIMEOUT",
+    default: "10s",
+    help: "a connection that sends nothing within this is closed without costing a container",
+  },
+  "max-containers": {
+    env: "FAASD_MAX_CONTAINERS",
+    default: "auto",
+    help: "request containers across all functions, ready + starting + serving (auto: one per 64MiB of host " +
+      "memory, 16 to 1024)",
   },
   "memory-limit": {
     env: "FAASD_MEMORY_LIMIT",
@@ -112,7 +181,7 @@ export const FLAGS = {
   "total-pids": {
     env: "FAASD_TOTAL_PIDS",
     default: "auto",
-    help: "processes all request containers together may run (auto: 4096 or less on small hosts)",
+    help: "processes all request containers together may run (auto: 4096)",
   },
   "seccomp": {
     env: "FAASD_SECCOMP",
@@ -219,6 +288,36 @@ function parsePositiveInt(text: string, what: string): number {
   return n;
 }
 
+function parseCount(text: string, what: string): number {
+  const n = Number(text);
+  if (!/^\d+$/.test(text) || !Number.isSafeInteger(n)) {
+    throw new TypeError(`invalid ${what}: ${JSON.stringify(text)} (a whole number ≥ 0)`);
+  }
+  return n;
+}
+
+/** A duration that is not 0: a timeout of 0 would refuse everything. @throws {TypeError} */
+function parsePositiveDuration(text: string, what: string): number {
+  const ms = parseDuration(text, what);
+  if (ms < 1) throw new TypeError(`invalid duration for ${what}: ${JSON.stringify(text)} (must be above 0)`);
+  return ms;
+}
+
+/** Host memory per container under `--max-containers auto`. */
+const AUTO_CONTAINER_BYTES = 64 * 1024 ** 2;
+
+/**
+ * What `--max-containers` comes to: the number given, or for `auto` one container per 64 MiB of host memory, at
+ * least 16 and at most 1024.
+ *
+ * @param hostMemoryBytes the host's memory; read from the system (`Deno.systemMemoryInfo`) when not given.
+ */
+export function resolveMaxContainers(value: number | "auto", hostMemoryBytes?: number): number {
+  if (value !== "auto") return value;
+  const total = hostMemoryBytes ?? Deno.systemMemoryInfo().total;
+  return Math.max(16, Math.min(1024, Math.floor(total / AUTO_CONTAINER_BYTES)));
+}
+
 /** `--help` text for the daemon. */
 export function daemonHelp(): string {
   const lines = Object.entries(FLAGS).map(([flag, spec]) =>
@@ -248,6 +347,7 @@ export function parseDaemonConfig(
   const get = (flag: keyof typeof FLAGS): string =>
     (values as Record<string, string | undefined>)[flag] ?? env(FLAGS[flag].env) ?? FLAGS[flag].default;
 
+  const poolMax = parseCount(get("pool-max"), "--pool-max");
   const api = get("api");
   const colon = api.lastIndexOf(":");
   if (colon <= 0) throw new TypeError(`invalid --api ${JSON.stringify(api)}: expected HOST:PORT`);
@@ -272,6 +372,17 @@ export function parseDaemonConfig(
       cpus: parseCpus(get("cpu-limit"), "--cpu-limit"),
       scratchBytes: parseScratchSize(get("scratch-size")),
       timeoutMs: parseDuration(get("request-timeout"), "--request-timeout"),
+      poolMax,
+    },
+    pool: {
+      idleMs: parsePositiveDuration(get("pool-idle"), "--pool-idle"),
+      max: poolMax,
+      maxAgeMs: parsePositiveDuration(get("pool-max-age"), "--pool-max-age"),
+      maxStarting: parsePositiveInt(get("max-starting"), "--max-starting"),
+      queueTimeoutMs: parsePositiveDuration(get("queue-timeout"), "--queue-timeout"),
+      maxQueue: parseCount(get("max-queue"), "--max-queue"),
+      headerTimeoutMs: parsePositiveDuration(get("header-timeout"), "--header-timeout"),
+      maxContainers: orAuto(get("max-containers"), (t) => parsePositiveInt(t, "--max-containers")),
     },
     totals: {
       memoryBytes: orAuto(get("total-memory"), (t) => parseMemoryLimit(t, "--total-memory")),

@@ -1,5 +1,5 @@
 import { assertEquals, assertThrows } from "../tests/assert.ts";
-import { parseDaemonConfig, parseDuration, parseSize } from "./config.ts";
+import { daemonHelp, parseDaemonConfig, parseDuration, parseSize, resolveMaxContainers } from "./config.ts";
 
 Deno.test("parseDaemonConfig() uses the documented defaults", () => {
   const c = parseDaemonConfig([], () => undefined);
@@ -19,9 +19,102 @@ Deno.test("parseDaemonConfig() uses the documented defaults", () => {
     cpus: 1,
     scratchBytes: 64 << 20,
     timeoutMs: 60000,
+    poolMax: 64,
   });
   assertEquals(c.totals, { memoryBytes: "auto", cpus: "auto", pids: "auto" });
   assertEquals([c.seccomp, c.socketGuard], ["default", "nftables"]);
+  assertEquals(c.maxConcurrency, 32);
+  assertEquals(c.pool, {
+    idleMs: 300_000,
+    max: 64,
+    maxAgeMs: 600_000,
+    maxStarting: 4,
+    queueTimeoutMs: 10_000,
+    maxQueue: 256,
+    headerTimeoutMs: 10_000,
+    maxContainers: "auto",
+  });
+});
+
+Deno.test("parseDaemonConfig() reads the pool's flags and env, and --pool-max bounds settings too", () => {
+  const env: Record<string, string> = { FAASD_POOL_MAX: "10", FAASD_MAX_QUEUE: "0" };
+  const c = parseDaemonConfig([
+    "--pool-idle",
+    "30s",
+    "--pool-max-age",
+    "1h",
+    "--max-starting",
+    "2",
+    "--queue-timeout",
+    "500ms",
+    "--header-timeout",
+    "2s",
+    "--max-containers",
+    "100",
+  ], (n) => env[n]);
+  if (c === "help") throw new Error("unexpected help");
+  assertEquals(c.pool, {
+    idleMs: 30_000,
+    max: 10,
+    maxAgeMs: 3_600_000,
+    maxStarting: 2,
+    queueTimeoutMs: 500,
+    maxQueue: 0,
+    headerTimeoutMs: 2000,
+    maxContainers: 100,
+  });
+  assertEquals(c.limits.poolMax, 10);
+  const none = parseDaemonConfig(["--pool-max", "0"], () => undefined);
+  if (none === "help") throw new Error("unexpected help");
+  assertEquals([none.pool.max, none.limits.poolMax], [0, 0]);
+});
+
+Deno.test("parseDaemonConfig() refuses bad values of the pool's flags, naming the flag", () => {
+  const cases: [string[], string][] = [
+    [["--pool-max=-1"], 'invalid --pool-max: "-1" (a whole number ≥ 0)'],
+    [["--pool-max", "1.5"], "invalid --pool-max"],
+    [["--pool-max", "x"], "invalid --pool-max"],
+    [["--max-queue", "lots"], "invalid --max-queue"],
+    [["--max-starting", "0"], 'invalid --max-starting: "0" (a whole number ≥ 1)'],
+    [["--max-containers", "0"], "invalid --max-containers"],
+    [["--max-containers", "some"], "invalid --max-containers"],
+    [["--pool-idle", "soon"], 'invalid duration for --pool-idle: "soon"'],
+    [["--pool-max-age", "0"], 'invalid duration for --pool-max-age: "0" (must be above 0)'],
+    [["--queue-timeout", "0s"], "invalid duration for --queue-timeout"],
+    [["--header-timeout=-1s"], "invalid duration for --header-timeout"],
+  ];
+  for (const [args, message] of cases) assertThrows(() => parseDaemonConfig(args, () => undefined), TypeError, message);
+});
+
+Deno.test("resolveMaxContainers() keeps a number, and sizes auto at 64MiB of host memory each, 16 to 1024", () => {
+  const GiB = 1024 ** 3;
+  assertEquals(resolveMaxContainers(100, 1 * GiB), 100);
+  assertEquals(resolveMaxContainers("auto", 8 * GiB), 128);
+  assertEquals(resolveMaxContainers("auto", 8 * GiB + 63 * 1024 ** 2), 128);
+  assertEquals(resolveMaxContainers("auto", 512 * 1024 ** 2), 16);
+  assertEquals(resolveMaxContainers("auto", 256 * GiB), 1024);
+  const fromHost = resolveMaxContainers("auto");
+  assertEquals(fromHost >= 16 && fromHost <= 1024, true);
+});
+
+Deno.test("daemonHelp() lists the pool's flags with their defaults", () => {
+  const help = daemonHelp();
+  for (
+    const line of [
+      "--pool-idle",
+      "--pool-max ",
+      "--pool-max-age",
+      "--max-starting",
+      "--queue-timeout",
+      "--max-queue",
+      "--header-timeout",
+      "--max-containers",
+      "(env FAASD_MAX_CONTAINERS, default auto)",
+      "past it connections wait in the queue",
+    ]
+  ) {
+    assertEquals(help.includes(line), true, line);
+  }
 });
 
 Deno.test("parseDaemonConfig() takes 0 as no limit and refuses a memory limit no container can start in", () => {

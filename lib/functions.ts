@@ -9,7 +9,7 @@
 import { assertValidName } from "./names.ts";
 import { type IpPool, PoolExhaustedError } from "./ipam.ts";
 import type { DeployedImage, FunctionRecord, Registry } from "./registry.ts";
-import type { SettingsPatch } from "./settings.ts";
+import { mergeSettings, type SettingsPatch } from "./settings.ts";
 
 /** Raised for a function name that is not deployed; the API answers 404. */
 export class FunctionNotFoundError extends Error {
@@ -89,8 +89,10 @@ export class Functions {
    * Deploys the image tarball `body` as function `name`: a new name gets the lowest free address, an existing one
    * keeps its address and its settings and serves the new image from the next connection on.
    *
-   * @param settings merged into the function's settings (validated by the caller, before the body is read).
+   * @param settings merged into the function's settings (each value validated by the caller, before the body is
+   *   read; the merged whole is checked here, before the body is read too).
    * @throws {TypeError} for an invalid name.
+   * @throws {SettingsError} when the merged settings contradict each other (min_ready above max_ready).
    * @throws {PoolExhaustedError} when the name is new and no address is free (checked before reading the body).
    * @throws whatever the image store throws for a bad tarball; nothing is left behind.
    */
@@ -103,6 +105,7 @@ export class Functions {
     return this.#locked(name, async () => {
       const { registry, pool, images, serving, addresses } = this.#deps;
       const before = registry.get(name);
+      mergeSettings(before?.settings ?? {}, settings); // throws for contradicting settings, before the upload is read
       if (!before && !registry.hasFreeIp(pool)) throw new PoolExhaustedError(pool.cidr);
 
       const image = await images.import(name, body);
@@ -142,6 +145,8 @@ export class Functions {
    *
    * @returns the updated function.
    * @throws {FunctionNotFoundError} when it is not deployed.
+   * @throws {SettingsError} when the patch merged with the stored settings contradicts itself (min_ready above
+   *   max_ready); nothing is changed.
    */
   update(name: string, patch: SettingsPatch): Promise<FunctionRecord> {
     return this.#locked(name, () => {

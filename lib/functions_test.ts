@@ -8,6 +8,7 @@ import { assertEquals, assertRejects } from "../tests/assert.ts";
 import { type Addresses, FunctionNotFoundError, Functions, type ImageStore, type Serving } from "./functions.ts";
 import { IpPool } from "./ipam.ts";
 import { type DeployedImage, type FunctionRecord, Registry } from "./registry.ts";
+import { SettingsError } from "./settings.ts";
 
 function image(tag: string): DeployedImage {
   return {
@@ -112,6 +113,34 @@ Deno.test("Functions.update() changes the settings and serves the new record fro
   assertEquals([updated.ip, updated.image], [first.ip, first.image]);
   assertEquals(w.registry.get("fn"), updated);
   assertEquals(w.served.get("fn"), updated);
+  w.registry.close();
+});
+
+Deno.test("Functions.deploy() and update() refuse min_ready above max_ready, changing nothing", async () => {
+  const w = world({});
+  // A new function: refused before the upload is read (its stream is never cancelled), nothing registered.
+  const untouched = body();
+  await assertRejects(() => w.functions.deploy("fn", untouched, { minReady: 9 }), SettingsError, "max_ready 8");
+  assertEquals([w.registry.list(), w.images.size, w.served.size], [[], 0, 0]);
+  assertEquals(untouched.locked, false);
+  const { record: first } = await w.functions.deploy("fn", body(), { maxReady: 2 });
+  await assertRejects(
+    () => w.functions.deploy("fn", body(), { minReady: 3 }),
+    SettingsError,
+    "min_ready 3 is above max_ready 2 (set before)",
+  );
+  await assertRejects(() => w.functions.update("fn", { minReady: 3 }), SettingsError, "(set before)");
+  await assertRejects(
+    () => w.functions.update("fn", { minReady: 9, maxReady: null, pids: 8 }),
+    SettingsError,
+    "(the default)",
+  );
+  await assertRejects(() => w.functions.update("fn", { minReady: 3, maxReady: 2 }), SettingsError);
+  assertEquals(w.registry.get("fn"), first);
+  assertEquals(w.served.get("fn"), first);
+  assertEquals([...w.images], ["faasd.local/functions/fn:one"]);
+  const updated = await w.functions.update("fn", { minReady: 3, maxReady: 3 });
+  assertEquals(updated.settings, { minReady: 3, maxReady: 3 });
   w.registry.close();
 });
 

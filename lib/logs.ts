@@ -42,6 +42,12 @@ const READS_PER_TURN = 4;
  * 200 turns a second, each draining what the 1 MiB pipe holds, and slows a flood to a few hundred MiB/s.
  */
 const TURN_MS = 5;
+/**
+ * Pause between turns once a container's output passed its budget: what it writes now is only dropped, and reading
+ * it slowly (at most one pipe, 1 MiB, per turn) makes a flooding handler wait in write() instead of costing the shim
+ * that copies its output CPU outside every limit.
+ */
+const DROPPING_TURN_MS = 100;
 /** Reads when closing: what is left in the pipe, bounded in case a writer is (wrongly) still alive. */
 const READS_ON_CLOSE = 64;
 /** A container's bytes waiting to be written past which reading pauses (so a slow disk bounds memory)… */
@@ -336,7 +342,8 @@ export class ContainerOutput implements AsyncDisposable {
     this.#turn = undefined;
     try {
       let got = 0;
-      for (let i = 0; i < READS_PER_TURN; i++) {
+      const dropping = this.#dropped > 0;
+      for (let i = 0; i < (dropping ? 1 : READS_PER_TURN); i++) {
         if (this.#queued >= HIGH_WATER) {
           // Stop reading (the shim then blocks on the full pipe) until the writes caught up: see #append.
           this.#paused = true;
@@ -347,7 +354,7 @@ export class ContainerOutput implements AsyncDisposable {
         got += n;
         if (n < READ_SIZE) break;
       }
-      if (got > 0) this.#turn = setTimeout(() => this.#turnNow(), TURN_MS);
+      if (got > 0) this.#turn = setTimeout(() => this.#turnNow(), dropping ? DROPPING_TURN_MS : TURN_MS);
       else this.#watch();
     } catch (e) {
       // Only #watch can throw, once the poller is closed: the daemon is stopping.

@@ -104,15 +104,46 @@ export class Metrics {
   );
   readonly containerStartSeconds = new Histogram(
     "faasd_container_ready_seconds",
-    "From accept until the container connected to /control.sock.",
+    "From a container's start until it connected to /control.sock (ready).",
     SECONDS,
   );
+  readonly starts = new Counter(
+    "faasd_container_starts_total",
+    "Container starts, by function and outcome (ok, error, exited, timeout before connecting).",
+  );
+  readonly lost = new Counter(
+    "faasd_ready_lost_total",
+    "Ready containers that exited or hung up before they got a connection (removed, never handed a client).",
+  );
+  readonly ready = new Gauge("faasd_ready_containers", "Ready containers waiting for a connection, by function.");
+  readonly acquired = new Counter(
+    "faasd_connections_acquired_total",
+    "Connections that got a container, by function and from: pool (one was ready) or start (waited for one).",
+  );
+  readonly queueSeconds = new Histogram(
+    "faasd_queue_wait_seconds",
+    "Time a connection waited for a container after its first bytes.",
+    [0.001, ...SECONDS],
+  );
+  readonly breakerOpen = new Gauge("faasd_breaker_open", "1 while a function's breaker is open (failing), else 0.");
   readonly deploys = new Counter("faasd_deploys_total", "Deploys, by outcome.");
   readonly functions = new Gauge("faasd_functions", "Deployed functions.");
 
   /** The exposition text. */
   render(): string {
-    return [this.requests, this.inflight, this.requestSeconds, this.containerStartSeconds, this.deploys, this.functions]
-      .map((m) => m.render()).join("\n") + "\n";
+    return [
+      this.requests,
+      this.inflight,
+      this.requestSeconds,
+      this.containerStartSeconds,
+      this.starts,
+      this.lost,
+      this.ready,
+      this.acquired,
+      this.queueSeconds,
+      this.breakerOpen,
+      this.deploys,
+      this.functions,
+    ].map((m) => m.render()).join("\n") + "\n";
   }
 }

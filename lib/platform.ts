@@ -7,7 +7,8 @@
 
 import { untilContainerdAnswers } from "./containerd/availability.ts";
 import { Containerd } from "./containerd/client.ts";
-import type { DaemonConfig } from "./config.ts";
+import { type DaemonConfig, resolveMaxContainers } from "./config.ts";
+import { poolSizing } from "./settings.ts";
 import { Registry } from "./registry.ts";
 import { Functions } from "./functions.ts";
 import { ensureAddress, ownAddresses, releaseAddress } from "./hostaddr.ts";
@@ -45,6 +46,15 @@ export interface Platform {
   drain(): Promise<void>;
   /** Drains, then closes the registry and the containerd connection. Idempotent. */
   close(): Promise<void>;
+}
+
+/** How often the socket guard's table is checked (and put back when someone removed it). */
+const GUARD_CHECK_MS = 5000;
+
+/** The per-container CPU limit, capped by the total (0: no limit). */
+function capCpus(perContainer: number, total: number): number {
+  if (!total) return perContainer;
+  return perContainer ? Math.min(perContainer, total) : total;
 }
 
 async function waitForContainerd(containerd: Containerd, address: string): Promise<string> {
@@ -96,16 +106,13 @@ export async function startPlatform(config: DaemonConfig, log: (message: string)
       log("socket guard off (--socket-guard off): a handler can reconnect its socket to any host address");
     }
     const totals = autoTotals(config.totals);
-    const cgroup = await ParentCgroup.setUp(`/${config.namespace}`, totals).catch((e) => {
-      throw new Error(
-        `cannot set up the parent cgroup /${config.namespace}: ${(e as Error).message} ` +
-          "(run faasd where /sys/fs/cgroup is mounted, or pass --total-memory 0 --total-cpu 0 --total-pids 0)",
-        { cause: e },
-      );
-    });
+    // A container's CPU quota may not pass its parent's (cgroup v1 refuses it): the total caps the per-container limit.
+    const limits = { ...config.limits, cpus: capCpus(config.limits.cpus, totals.cpus) };
+    if (limits.cpus !== config.limits.cpus) log(`--cpu-limit lowered to --total-cpu: ${limits.cpus} CPUs`);
     poller = new Poller();
     const metrics = new Metrics();
     const logs = new Logs({ stateDir, maxBytes: config.logMaxBytes, poller });
+    const cgroupParent = `/${config.namespace}`;
     const spawnDeps = {
       containerd,
       poller,
@@ -113,13 +120,21 @@ export async function startPlatform(config: DaemonConfig, log: (message: string)
       snapshotter: config.snapshotter,
       runtime: config.runtime,
       logs,
-      limits: config.limits,
+      limits,
       swapAccounting: await hasSwapAccounting(),
-      cgroupParent: cgroup.path,
+      cgroupParent,
       seccomp,
     };
+    // What a previous run left goes first: its containers still count against the parent cgroup's limits.
     const reaped = await reapLeftovers(spawnDeps);
     if (reaped) log(`reaped ${reaped} container(s) left by a previous run`);
+    const cgroup = await ParentCgroup.setUp(cgroupParent, totals).catch((e) => {
+      throw new Error(
+        `cannot set up the parent cgroup ${cgroupParent}: ${(e as Error).message} ` +
+          "(run faasd where /sys/fs/cgroup is mounted, or pass --total-memory 0 --total-cpu 0 --total-pids 0)",
+        { cause: e },
+      );
+    });
     await cgroup.sweep();
     const scratches = await reapScratch(stateDir);
     if (scratches) log(`removed ${scratches} writable root(s) left by a previous run`);
@@ -128,8 +143,14 @@ export async function startPlatform(config: DaemonConfig, log: (message: string)
       ...spawnDeps,
       metrics,
       port: config.port,
-      connectTimeoutMs: config.connectTimeoutMs,
-      maxConcurrency: config.maxConcurrency,
+      pool: {
+        ...config.pool,
+        poolMax: config.pool.max,
+        maxContainers: resolveMaxContainers(config.pool.maxContainers),
+        connectTimeoutMs: config.connectTimeoutMs,
+        maxConcurrency: config.maxConcurrency,
+      },
+      sizing: (record) => poolSizing(record.settings, limits),
       socketMark: guard ? GUARD_MARK : null,
     });
     // Images are mounted here to read their /etc/passwd; a lookup a previous run died in leaves a mount to reap.
@@ -172,10 +193,11 @@ export async function startPlatform(config: DaemonConfig, log: (message: string)
       functions,
       metrics,
       maxImageBytes: config.maxImageBytes,
-      limits: config.limits,
+      limits,
       logPath: (name) => logPath(stateDir, name),
       stopping: stopping.signal,
       token: config.apiToken,
+      pool: { ready: (name) => server.ready(name), status: (name) => server.status(name) },
       probe: async () => ({ containerd: (await containerd.version()).version, functions: registry.list().length }),
     });
     let draining: Promise<void> | null = null;
@@ -187,6 +209,8 @@ export async function startPlatform(config: DaemonConfig, log: (message: string)
       })();
     const p = poller;
     const g = guard;
+    // Someone may flush the ruleset (a reload of nftables.service does): put the guard back at once.
+    const guardCheck = setInterval(() => void g?.ensure(log), GUARD_CHECK_MS);
     return {
       api,
       functions,
@@ -203,7 +227,10 @@ export async function startPlatform(config: DaemonConfig, log: (message: string)
           await logs.close();
           p.close();
           await cgroup.remove();
-          await g?.remove();
+          // Containers still running (containerd did not answer) keep their client sockets: keep the guard then.
+          if (server.containers === 0) await g?.remove();
+          else log("socket guard kept: containers may still run; the next start replaces it");
+          clearInterval(guardCheck);
           containerd.close();
           registry.close();
         })(),

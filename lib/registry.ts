@@ -162,6 +162,7 @@ export class Registry {
    * existing one keeps its address and its settings, with `settings` (validated by the caller) merged in.
    *
    * @throws {TypeError} for an invalid name.
+   * @throws {SettingsError} when the merged settings contradict each other (see mergeSettings); nothing is changed.
    * @throws {PoolExhaustedError} when the function is new and the pool is full.
    */
   deploy(
@@ -193,6 +194,7 @@ export class Registry {
    * so the daemon's default applies again.
    *
    * @returns the updated record, or null when there is no such function.
+   * @throws {SettingsError} when the merged settings contradict each other (see mergeSettings); nothing is changed.
    */
   updateSettings(name: string, patch: SettingsPatch): FunctionRecord | null {
     const now = this.#now().toISOString();

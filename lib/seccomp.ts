@@ -141,6 +141,10 @@ export const IOCTL_DENIED_MASK = 0xFD00;
 export const IOCTL_DENIED_VALUE = 0x8900;
 
 const EPERM = 1;
+const SOL_SOCKET = 1;
+const SO_BINDTODEVICE = 25;
+const SO_BINDTOIFINDEX = 62;
+const LOW_32 = 0xFFFF_FFFF;
 const ENOSYS = 38;
 const ALLOW = "SCMP_ACT_ALLOW";
 const ERRNO = "SCMP_ACT_ERRNO";
@@ -327,7 +331,7 @@ function tighten(base: SeccompProfile, cloneFlags: number): SeccompProfile {
   }
   const denied = new Set(SECCOMP_DENIED);
   // Every base rule on these goes: ours must not overlap with one of another action.
-  const replaced = new Set(["clone", "clone3", "ioctl"]);
+  const replaced = new Set(["clone", "clone3", "ioctl", "setsockopt"]);
   const syscalls: SeccompRule[] = [];
   for (const rule of base.syscalls) {
     const allows = !DENYING.has(rule.action);
@@ -357,6 +361,18 @@ function tighten(base: SeccompProfile, cloneFlags: number): SeccompProfile {
     // bits 8..15, so whatever the upper bits hold changes nothing.
     ...maskedNe("ioctl", ALLOW, 1, IOCTL_DENIED_MASK, IOCTL_DENIED_VALUE),
     ...maskedEq("ioctl", ERRNO, 1, IOCTL_DENIED_MASK, IOCTL_DENIED_VALUE, EPERM),
+    // Binding the handed-over socket to an interface needs no capability while it is unbound, and reading the name
+    // back (SO_BINDTODEVICE) would list the host's interfaces one index at a time. libseccomp lets an unconditional
+    // allow win over a conditional deny (tested), so setsockopt is allowed exactly where the level is not SOL_SOCKET
+    // or the option is neither of the two, and denied there: disjoint rules again.
+    ...except("setsockopt", 1, [SOL_SOCKET]),
+    ...except("setsockopt", 2, [SO_BINDTODEVICE, SO_BINDTOIFINDEX]),
+    ...[SO_BINDTODEVICE, SO_BINDTOIFINDEX].map((opt) =>
+      rule("setsockopt", ERRNO, [
+        { index: 1, value: LOW_32, valueTwo: SOL_SOCKET, op: MASKED_EQ },
+        { index: 2, value: LOW_32, valueTwo: opt, op: MASKED_EQ },
+      ], EPERM)
+    ),
   );
   // The native ABI only: a 32-bit (x86, x32) system call fails. No handler built for this host needs them, the x86
   // socketcall multiplexer would pass socket(AF_VSOCK) by the socket rule, and a filter for one architecture is
@@ -413,6 +429,27 @@ function maskedNe(name: string, action: string, index: number, mask: number, val
     const set = Math.floor(value / bit) % 2 === 1;
     rules.push(rule(name, action, [{ index, value: bit, valueTwo: set ? 0 : bit, op: MASKED_EQ }], errnoRet));
   }
+  return rules;
+}
+
+/**
+ * ALLOW rules for `name` matching every call whose argument `index` (its low 32 bits, as the kernel reads an int)
+ * is none of `values`: the complement of those points as prefix blocks, one masked comparison each.
+ */
+function except(name: string, index: number, values: number[]): SeccompRule[] {
+  const rules: SeccompRule[] = [];
+  const walk = (depth: number, prefix: number, points: number[]) => {
+    if (points.length === 0) {
+      const mask = depth === 0 ? 0 : (LOW_32 - (2 ** (32 - depth) - 1));
+      rules.push(rule(name, ALLOW, [{ index, value: mask, valueTwo: prefix, op: MASKED_EQ }]));
+      return;
+    }
+    if (depth === 32) return; // one of the excepted values
+    const bit = 2 ** (31 - depth);
+    walk(depth + 1, prefix, points.filter((p) => Math.floor(p / bit) % 2 === 0));
+    walk(depth + 1, prefix + bit, points.filter((p) => Math.floor(p / bit) % 2 === 1));
+  };
+  walk(0, 0, values);
   return rules;
 }
 

@@ -317,3 +317,22 @@ Deno.test("loadSeccompProfile() throws TypeError for an empty setting or missing
   // deno-lint-ignore no-explicit-any
   await assertRejects(() => loadSeccompProfile("default", {} as any), TypeError);
 });
+
+Deno.test({
+  name: `loadSeccompProfile() "default" refuses binding a socket to an interface, and only that setsockopt${why}`,
+  ignore,
+  fn: async () => {
+    const p = await defaultProfile();
+    const SOL_SOCKET = 1n;
+    for (const opt of [25n, 62n]) {
+      assertEquals(decide(p, "setsockopt", [3n, SOL_SOCKET, opt]), EPERM);
+      // The kernel reads ints: garbage in the upper half of the register changes nothing.
+      assertEquals(decide(p, "setsockopt", [3n, SOL_SOCKET | 0xdead_0000_0000n, opt | 0xbeef_0000_0000n]), EPERM);
+    }
+    for (
+      const [level, opt] of [[SOL_SOCKET, 9n], [SOL_SOCKET, 2n], [6n, 25n], [0n, 62n], [41n, 26n], [SOL_SOCKET, 63n]]
+    ) {
+      assertEquals(decide(p, "setsockopt", [3n, level!, opt!]), ALLOWED, `${level} ${opt}`);
+    }
+  },
+});

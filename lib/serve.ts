@@ -1,18 +1,21 @@
 /**
  * Serving: a listener per function address, and for each accepted connection a fresh container that receives the
- * client socket. faasd's duties to the client (DESIGN.md) live here: it keeps its reference to the socket until the
- * container exits, then drains unread request bytes and closes cleanly; it answers 502 when the container exited
- * having sent nothing, 504 when it never connected or overran the request timeout (and kills it), 503 past the
- * per-function concurrency limit.
+ * client socket. A connection costs a container only once its first bytes arrived (within `--header-timeout`); it
+ * then takes a ready container from the function's warm pool (pool.ts), waiting in the function's queue when none is
+ * free. faasd's duties to the client (DESIGN.md) live here: it keeps its reference to the socket until the container
+ * exits, then drains unread request bytes and closes cleanly; it answers 502 when the container exited having sent
+ * nothing, 504 when it overran the request timeout (and kills it), 503 when no container could be had (queue full or
+ * timed out, the function failing, faasd stopping).
  *
  * @module
  */
 
 import { ErrnoError } from "../ffi/errno.ts";
-import { isNotFound } from "./containerd/errors.ts";
+import { isUnavailable } from "./containerd/errors.ts";
 import type { TcpConn } from "../ffi/socket.ts";
 import { Listeners } from "./listen.ts";
 import type { Metrics } from "./metrics.ts";
+import { type Lease, type PoolContainer, type PoolOptions, Pools, PoolUnavailableError, type Sizing } from "./pool.ts";
 import type { FunctionRecord } from "./registry.ts";
 import { RequestContainer, type SpawnDeps } from "./spawn.ts";
 
@@ -29,15 +32,33 @@ export class ListenError extends Error {
   }
 }
 
+/** A container as the server uses it: the pool's view, plus the handoff and the end of its request. */
+export interface ServedContainer extends PoolContainer {
+  readonly function: string;
+  /** Settles when the task has exited. */
+  readonly exited: Promise<unknown>;
+  /** Hands the client socket over; throws when the container's control connection is gone. */
+  handoff(fd: number): void;
+  /** Kills what runs (the request overran its time). */
+  kill(): Promise<void>;
+}
+
 /** What the server needs, handed in by the composition root. */
 export interface ServerDeps extends SpawnDeps {
   metrics: Metrics;
   port: number;
-  connectTimeoutMs: number;
-  maxConcurrency: number;
+  /** The pool's bounds and timings; `maxConcurrency` counts connections being served per function. */
+  pool: PoolOptions & { headerTimeoutMs: number };
+  /** A function's pool sizing, from its settings. */
+  sizing: (record: FunctionRecord) => Sizing;
   /** The mark set on every accepted socket before it is handed over (see socket_guard.ts); null: none. */
   socketMark: number | null;
+  /** Starts a container; tests hand in a stand-in. Default: a RequestContainer through containerd. */
+  start?: (record: FunctionRecord, signal: AbortSignal) => Promise<ServedContainer>;
 }
+
+/** Handoffs tried per connection: a container found dead at the handoff is replaced by the next ready one. */
+const HANDOFF_ATTEMPTS = 3;
 
 const REASONS: Record<number, string> = {
   502: "Bad Gateway",
@@ -56,7 +77,7 @@ function answer(conn: TcpConn, status: number, text: string): void {
 }
 
 /** Hands the client socket to `c`; false when its control connection is gone (EPIPE, ECONNRESET). */
-function tryHandoff(c: RequestContainer, conn: TcpConn): boolean {
+function tryHandoff(c: ServedContainer, conn: TcpConn): boolean {
   try {
     c.handoff(conn.fd);
     return true;
@@ -67,31 +88,78 @@ function tryHandoff(c: RequestContainer, conn: TcpConn): boolean {
 }
 
 /** The outcome of one connection, as counted in metrics. */
-export type Outcome = "ok" | "exited-early" | "empty" | "connect-timeout" | "request-timeout" | "overloaded" | "error";
+export type Outcome =
+  | "ok"
+  | "exited-early"
+  | "empty"
+  | "request-timeout"
+  | "overloaded"
+  | "failing"
+  | "idle"
+  | "error";
 
 /** Serves every deployed function on its address. */
 export class Server {
   readonly #deps: ServerDeps;
   readonly #listeners: Listeners;
-  /** What each served function runs now, as last handed to serve(): read per connection without the database. */
-  readonly #records = new Map<string, FunctionRecord>();
-  readonly #inflight = new Map<string, number>();
+  readonly #pools: Pools<ServedContainer>;
+  /** Connections in progress (accepted, not yet closed). */
   readonly #tasks = new Set<Promise<void>>();
   readonly #shutdown = new AbortController();
 
   constructor(deps: ServerDeps) {
     this.#deps = deps;
     this.#listeners = new Listeners(deps.poller, (name, conn) => this.#track(this.#handle(name, conn)));
+    const start = deps.start ?? ((record, signal) => RequestContainer.start(deps, record, signal));
+    const { metrics } = deps;
+    this.#pools = new Pools(start, { ...deps.pool, transient: isUnavailable }, {
+      started: (fn, outcome, seconds) => {
+        metrics.starts.inc({ function: fn, outcome });
+        if (outcome === "ok") metrics.containerStartSeconds.observe({ function: fn }, seconds);
+      },
+      lost: (fn) => metrics.lost.inc({ function: fn }),
+      acquired: (fn, waited, seconds) => {
+        metrics.acquired.inc({ function: fn, from: waited ? "start" : "pool" });
+        metrics.queueSeconds.observe({ function: fn }, seconds);
+      },
+      breaker: (fn, open) => metrics.breakerOpen.set({ function: fn }, open ? 1 : 0),
+      ready: (fn, count) => metrics.ready.set({ function: fn }, count),
+    });
   }
 
-  /** Connections being served now, across functions. */
+  /** Connections in progress plus containers that still exist: 0 once everything is served and removed. */
   get inflight(): number {
-    return this.#tasks.size;
+    return this.#tasks.size + this.#pools.containers;
+  }
+
+  /** Request containers that exist now (starting, ready, serving or being removed). */
+  get containers(): number {
+    return this.#pools.containers;
+  }
+
+  /** Ready containers of `name`. */
+  ready(name: string): number {
+    return this.#pools.ready(name);
+  }
+
+  /** Connections `name` is serving (handed over, not yet ended). */
+  serving(name: string): number {
+    return this.#pools.serving(name);
+  }
+
+  /** Connections of `name` waiting for a container. */
+  waiting(name: string): number {
+    return this.#pools.waiting(name);
+  }
+
+  /** `failing` while `name`'s breaker is open, else null. */
+  status(name: string): "failing" | null {
+    return this.#pools.status(name);
   }
 
   /**
    * Serves `record` from the next connection on: starts listening on its address unless already listening (a
-   * redeploy keeps its address and only changes the image).
+   * redeploy keeps its address). A new image or new limits drain the function's ready containers.
    *
    * @throws {ListenError} when the address cannot be bound.
    */
@@ -106,13 +174,13 @@ export class Server {
         throw e;
       }
     }
-    this.#records.set(record.name, record);
+    this.#pools.serve(record, this.#deps.sizing(record));
   }
 
-  /** Stops accepting for `name`; connections in flight finish. */
+  /** Stops accepting for `name` and removes its ready containers; connections being served finish. */
   stop(name: string): void {
     this.#listeners.remove(name);
-    this.#records.delete(name);
+    this.#pools.stop(name);
   }
 
   #track(task: Promise<void>): void {
@@ -122,121 +190,101 @@ export class Server {
       .finally(() => this.#tasks.delete(task));
   }
 
-  /** Serves one connection; the per-function limit counts running containers, not lingering client closes. */
+  /** Serves one connection, from its first bytes to its clean close. */
   async #handle(name: string, conn: TcpConn): Promise<void> {
-    const { metrics, maxConcurrency, socketMark } = this.#deps;
+    const { metrics, socketMark } = this.#deps;
     const started = performance.now();
-    if (socketMark !== null) {
-      try {
-        conn.setMark(socketMark);
-      } catch (e) {
-        // Without its mark the socket could be reconnected anywhere by the handler: never hand it over unmarked.
-        console.error(`faasd: ${name}: ${(e as Error).message}`);
-        answer(conn, 503, `function ${name} cannot be served safely now`);
-        metrics.requests.inc({ function: name, outcome: "error" });
-        return await this.#closeClient(conn);
-      }
-    }
-    const running = this.#inflight.get(name) ?? 0;
-    if (running >= maxConcurrency) {
-      answer(conn, 503, `function ${name} is at its limit of ${maxConcurrency} concurrent requests`);
-      metrics.requests.inc({ function: name, outcome: "overloaded" });
-      return await this.#closeClient(conn);
-    }
-    this.#inflight.set(name, running + 1);
-    metrics.inflight.add({ function: name }, 1);
     let outcome: Outcome = "error";
-    let container: RequestContainer | null = null;
-    const removed = Promise.withResolvers<void>();
-    const closed = this.#closeClientAfter(conn, removed.promise);
+    let lease: Lease<ServedContainer> | null = null;
+    metrics.inflight.add({ function: name }, 1);
     try {
-      container = await this.#start(name);
-      if (!container) {
-        answer(conn, 503, `function ${name} is no longer served`);
+      if (socketMark !== null) {
+        try {
+          conn.setMark(socketMark);
+        } catch (e) {
+          // Without its mark the socket could be reconnected anywhere by the handler: never hand it over unmarked.
+          console.error(`faasd: ${name}: ${(e as Error).message}`);
+          answer(conn, 503, `function ${name} cannot be served safely now`);
+          return;
+        }
+      }
+      if (!await this.#firstBytes(conn)) {
+        outcome = "idle";
         return;
       }
-      ({ outcome } = await this.#run(container, conn, started));
+      for (let attempt = 0;; attempt++) {
+        try {
+          lease = await this.#pools.acquire(name, attempt > 0);
+        } catch (e) {
+          if (!(e instanceof PoolUnavailableError)) throw e;
+          outcome = e.reason === "breaker" ? "failing" : "overloaded";
+          answer(conn, 503, e.message);
+          return;
+        }
+        if (tryHandoff(lease.container, conn)) break;
+        // Its control connection is gone: it died after it was ready. The next one, a bounded number of times.
+        lease.failed();
+        lease = null;
+        if (attempt + 1 >= HANDOFF_ATTEMPTS) {
+          answer(conn, 502, `function ${name} exited without handling the request`);
+          outcome = "exited-early";
+          return;
+        }
+      }
+      outcome = await this.#serve(lease.container, conn);
     } catch (e) {
       console.error(`faasd: ${name}: ${(e as Error).message}`);
-      if (conn.bytesSent() === 0n) answer(conn, 502, `function ${name} could not be started`);
+      if (conn.bytesSent() === 0n) answer(conn, 502, `function ${name} could not be served`);
     } finally {
+      // The request is decided: the container goes (off the client's path), the client is closed cleanly.
+      lease?.release();
       metrics.requestSeconds.observe({ function: name }, (performance.now() - started) / 1000);
       metrics.requests.inc({ function: name, outcome });
-      removed.resolve();
-      await container?.remove();
-      this.#inflight.set(name, this.#inflight.get(name)! - 1);
+      await this.#closeClient(conn);
       metrics.inflight.add({ function: name }, -1);
-      await closed;
     }
   }
 
   /**
-   * Starts a container on the function's current image; null when it is no longer served (deleted since the
-   * connection was accepted). A redeploy can remove the image between reading the record and preparing the
-   * snapshot on it: then the record has moved on, and the start is tried once more on the new image.
+   * Waits for the connection's first bytes: false when none came within the header timeout, the client closed, or
+   * faasd is stopping. faasd only looks; the bytes stay for the handler.
    */
-  async #start(name: string): Promise<RequestContainer | null> {
-    const record = this.#records.get(name);
-    if (!record?.image) return null;
+  async #firstBytes(conn: TcpConn): Promise<boolean> {
+    const timeoutMs = this.#deps.pool.headerTimeoutMs;
+    const ready = await this.#deps.poller.wait(conn.fd, "read", { timeoutMs, signal: this.#shutdown.signal })
+      .catch(() => "aborted" as const);
     try {
-      return await RequestContainer.start(this.#deps, record, this.#shutdown.signal);
-    } catch (e) {
-      const now = this.#records.get(name);
-      if (!isNotFound(e) || !now?.image || now.image.chainId === record.image.chainId) throw e;
-      return await RequestContainer.start(this.#deps, now, this.#shutdown.signal);
+      return ready === "ready" && !conn.peekEof();
+    } catch {
+      return false; // reset by the client
     }
   }
 
-  /** Closes the client once `ready` settles (the request is decided), alongside the container's removal. */
-  async #closeClientAfter(conn: TcpConn, ready: Promise<void>): Promise<void> {
-    await ready;
-    await this.#closeClient(conn);
-  }
-
-  /** Waits for the container's connection, hands the socket over, waits for the exit; answers failures itself. */
-  async #run(c: RequestContainer, conn: TcpConn, started: number): Promise<{ outcome: Outcome }> {
-    const { connectTimeoutMs, metrics } = this.#deps;
-    const requestTimeoutMs = c.timeoutMs;
+  /** Waits for the handed-over container's exit, within its request timeout; answers failures itself. */
+  async #serve(c: ServedContainer, conn: TcpConn): Promise<Outcome> {
     const name = c.function;
-    const state = await c.waitConnected(connectTimeoutMs, this.#shutdown.signal);
-    if (state === "timeout") {
-      // Killed by its removal, right after the client has this answer.
-      answer(conn, 504, `function ${name} did not connect to /control.sock within ${connectTimeoutMs} ms`);
-      return { outcome: "connect-timeout" };
-    }
-    if (state === "connected") {
-      metrics.containerStartSeconds.observe({ function: name }, (performance.now() - started) / 1000);
-    }
-    // A container that hung up its control connection (it exited) cannot take the socket: the same answer as one
-    // that exited before connecting.
-    if (state === "exited" || !tryHandoff(c, conn)) {
-      answer(conn, 502, `function ${name} exited without handling the request`);
-      return { outcome: "exited-early" };
-    }
-
-    const left = Math.max(0, requestTimeoutMs - (performance.now() - started));
-    // Ends early on the request timeout or on shutdown; the listener is removed so finished requests leave none.
-    const stop = Promise.withResolvers<"timeout">();
-    const timer = setTimeout(() => stop.resolve("timeout"), left);
-    const onShutdown = () => stop.resolve("timeout");
-    if (this.#shutdown.signal.aborted) onShutdown();
-    else this.#shutdown.signal.addEventListener("abort", onShutdown, { once: true });
-    const exited = c.exited.then(() => "exited" as const, () => "exited" as const);
-    const end = await Promise.race([exited, stop.promise]).finally(() => {
-      clearTimeout(timer);
-      this.#shutdown.signal.removeEventListener("abort", onShutdown);
+    // A timer of our own rather than AbortSignal.timeout: Deno keeps the process alive for that one until it fires.
+    const overrun = new AbortController();
+    const timer = setTimeout(() => overrun.abort(), c.timeoutMs);
+    const timeout = AbortSignal.any([overrun.signal, this.#shutdown.signal]);
+    const overran = new Promise<"timeout">((resolve) => {
+      if (timeout.aborted) resolve("timeout");
+      timeout.addEventListener("abort", () => resolve("timeout"), { once: true });
     });
+    const exited = c.exited.then(() => "exited" as const, () => "exited" as const);
+    const end = await Promise.race([exited, overran]).finally(() => clearTimeout(timer));
     if (end === "timeout") {
-      await c.kill();
+      await c.kill().catch((e) => console.error(`faasd: ${name}: killing ${c.id}: ${(e as Error).message}`));
       await exited;
-      if (conn.bytesSent() === 0n) answer(conn, 504, `function ${name} did not answer within ${requestTimeoutMs} ms`);
-      return { outcome: "request-timeout" };
+      const why = this.#shutdown.signal.aborted ? "faasd is stopping" : `it ran past its ${c.timeoutMs} ms`;
+      if (conn.bytesSent() === 0n) answer(conn, 504, `function ${name} did not answer: ${why}`);
+      return "request-timeout";
     }
     if (conn.bytesSent() === 0n) {
       answer(conn, 502, `function ${name} exited without answering`);
-      return { outcome: "empty" };
+      return "empty";
     }
-    return { outcome: "ok" };
+    return "ok";
   }
 
   /**
@@ -261,8 +309,8 @@ export class Server {
   }
 
   /**
-   * Stops accepting everywhere; waits up to `graceMs` for connections in flight, then kills their containers and
-   * waits for the cleanup.
+   * Stops accepting everywhere; waits up to `graceMs` for connections in progress, then kills their containers,
+   * refuses the ones still waiting, removes the ready containers and waits for the cleanup.
    */
   async close(graceMs: number): Promise<void> {
     this.#listeners.close();
@@ -275,6 +323,10 @@ export class Server {
     this.#shutdown.abort();
     // Killing and cleaning up takes a few containerd calls each; a containerd that does not answer cannot hold
     // shutdown forever (what is left is reaped at the next start).
+    const pools = this.#pools.close();
     await within(CLEANUP_AFTER_ABORT_MS);
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    await Promise.race([pools, new Promise((r) => timer = setTimeout(r, CLEANUP_AFTER_ABORT_MS))]);
+    clearTimeout(timer);
   }
 }

@@ -1,8 +1,9 @@
 /**
- * Per-function settings: what one request's container of a function may use, set at deploy and changed later. A
- * setting may only lower the daemon's per-container limit (its flag), never lift it, so the flags stay the
- * operator's ceiling. What is stored is what was set; what a container gets is computed from it and the daemon's
- * current limits ({@linkcode effectiveLimits}), so that a daemon restarted with lower flags lowers functions too.
+ * Per-function settings, set at deploy and changed later: what one request's container of a function may use, and how
+ * many ready containers the warm pool keeps for it (`min_ready`, `max_ready`). A setting may only lower the daemon's
+ * limit (its flag), never lift it, so the flags stay the operator's ceiling. What is stored is what was set; what a
+ * container gets is computed from it and the daemon's current limits ({@linkcode effectiveLimits},
+ * {@linkcode poolSizing}), so that a daemon restarted with lower flags lowers functions too.
  *
  * Input (query parameters of `POST /api/new`, the JSON body of `PATCH /api/functions/NAME`) uses the keys of
  * {@linkcode SETTING_KEYS}; `settings` in `GET /api/list` shows them back in the same form.
@@ -22,6 +23,10 @@ export interface FunctionSettings {
   pids?: number;
   timeoutMs?: number;
   rootfs?: Rootfs;
+  /** Ready containers the pool keeps for the function even when it is idle. */
+  minReady?: number;
+  /** Ready containers the pool may keep for the function at most. */
+  maxReady?: number;
 }
 
 /** A change of settings: a field given as null goes back to the daemon's default, an absent one is kept. */
@@ -34,6 +39,29 @@ export interface EffectiveLimits {
   pids: number;
   timeoutMs: number;
   rootfs: Rootfs;
+}
+
+/** How many ready containers the pool keeps for a function: at least `minReady` (once idle), at most `maxReady`. */
+export interface PoolSizing {
+  minReady: number;
+  maxReady: number;
+}
+
+/** `min_ready` where a function has none set. */
+export const DEFAULT_MIN_READY = 0;
+/** `max_ready` where a function has none set (lowered to the daemon's `--pool-max` when that is lower). */
+export const DEFAULT_MAX_READY = 8;
+
+/**
+ * A setting the user gave that cannot be taken: an unknown key, a malformed or out-of-bounds value, or settings that
+ * contradict each other once merged (min_ready above max_ready). The message is fit to show the user; the API
+ * answers 400.
+ */
+export class SettingsError extends TypeError {
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "SettingsError";
+  }
 }
 
 const KiB = 1024;
@@ -90,7 +118,17 @@ function numeric(value: unknown, pattern: RegExp): number | null {
   return null;
 }
 
-/** The input keys, in the order they are shown. More keys (e.g. the pool's) are added here. */
+/** A number of ready containers: a whole number from 0 up to the daemon's `--pool-max` (0 means none, not no limit). */
+function readyCount(key: string, value: unknown, daemon: DaemonLimits): number {
+  const n = numeric(value, /^\d+$/);
+  if (n === null || !Number.isSafeInteger(n)) {
+    throw new TypeError(`invalid ${key} ${JSON.stringify(value)}: a whole number of containers, 0 or more`);
+  }
+  if (n > daemon.poolMax) throw new TypeError(`${key} ${n} is above the daemon's --pool-max of ${daemon.poolMax}`);
+  return n;
+}
+
+/** The input keys, in the order they are shown. */
 const FIELDS: Record<string, Field> = {
   memory: {
     prop: "memoryBytes",
@@ -168,41 +206,78 @@ const FIELDS: Record<string, Field> = {
     },
     show: (rootfs) => rootfs,
   },
+  min_ready: {
+    prop: "minReady",
+    parse: (value, daemon) => readyCount("min_ready", value, daemon),
+    show: (n) => n,
+  },
+  max_ready: {
+    prop: "maxReady",
+    parse: (value, daemon) => readyCount("max_ready", value, daemon),
+    show: (n) => n,
+  },
 };
 
-/** The input keys of settings: `memory`, `cpu`, `pids`, `timeout`, `rootfs`. */
+/** The input keys of settings: `memory`, `cpu`, `pids`, `timeout`, `rootfs`, `min_ready`, `max_ready`. */
 export const SETTING_KEYS: readonly string[] = Object.freeze(Object.keys(FIELDS));
 
 /**
  * Reads settings from user input: `memory` (a size like `256MiB`, or bytes), `cpu` (CPUs, e.g. 0.5), `pids` (a
- * whole number), `timeout` (a duration like `30s`, or ms), `rootfs` (`readonly` or `writable`); numbers may come as
- * text. A value of null asks for the daemon's default again. Each value must lie within the daemon's limit.
+ * whole number), `timeout` (a duration like `30s`, or ms), `rootfs` (`readonly` or `writable`), `min_ready` and
+ * `max_ready` (whole numbers of ready containers, 0 or more); numbers may come as text. A value of null asks for the
+ * daemon's default again. Each value must lie within the daemon's limit. Whether min_ready is at most max_ready
+ * depends on what the function has set already, so {@linkcode mergeSettings} checks it.
  *
  * @returns the change to apply (see {@linkcode mergeSettings}).
- * @throws {TypeError} for an unknown key, a malformed value, 0 (no limit), or a value past its bound; the message
- *   names the key (and the daemon flag bounding it) and is fit to show the user.
+ * @throws {SettingsError} for an unknown key, a malformed value, 0 (no limit), or a value past its bound; the
+ *   message names the key (and the daemon flag bounding it) and is fit to show the user.
  */
 export function parseSettings(fields: Record<string, unknown>, daemon: DaemonLimits): SettingsPatch {
   const patch: Record<string, unknown> = {};
   for (const [key, value] of Object.entries(fields)) {
     // hasOwn: a key such as "constructor" must not find Object.prototype's.
     if (!Object.hasOwn(FIELDS, key)) {
-      throw new TypeError(`unknown setting ${JSON.stringify(key)}: known are ${SETTING_KEYS.join(", ")}`);
+      throw new SettingsError(`unknown setting ${JSON.stringify(key)}: known are ${SETTING_KEYS.join(", ")}`);
     }
     const field = FIELDS[key]!;
-    patch[field.prop] = value === null ? null : field.parse(value, daemon);
+    try {
+      patch[field.prop] = value === null ? null : field.parse(value, daemon);
+    } catch (e) {
+      // parseSize and parseDuration throw plain TypeErrors; one class lets the API map them all to 400.
+      if (e instanceof TypeError && !(e instanceof SettingsError)) throw new SettingsError(e.message, { cause: e });
+      throw e;
+    }
   }
   return patch as SettingsPatch;
 }
 
-/** `settings` with `patch` applied: a field given as null is dropped, an absent one kept. Neither is changed. */
+/**
+ * `settings` with `patch` applied: a field given as null is dropped, an absent one kept. Neither is changed.
+ *
+ * @throws {SettingsError} when the result would have min_ready above max_ready (each taking its default where
+ *   unset); the message says which of the two came from `patch`, from `settings`, or from the default.
+ */
 export function mergeSettings(settings: FunctionSettings, patch: SettingsPatch): FunctionSettings {
   const merged: Record<string, unknown> = { ...settings };
   for (const [prop, value] of Object.entries(patch)) {
     if (value === null) delete merged[prop];
     else if (value !== undefined) merged[prop] = value;
   }
+  assertReadyInOrder(merged as FunctionSettings, patch);
   return merged as FunctionSettings;
+}
+
+/** @throws {SettingsError} when `merged` has min_ready above max_ready. */
+function assertReadyInOrder(merged: FunctionSettings, patch: SettingsPatch): void {
+  const min = merged.minReady ?? DEFAULT_MIN_READY;
+  const max = merged.maxReady ?? DEFAULT_MAX_READY;
+  if (min <= max) return;
+  const origin = (prop: "minReady" | "maxReady") =>
+    patch[prop] != null ? "" : merged[prop] === undefined ? " (the default)" : " (set before)";
+  throw new SettingsError(
+    `min_ready ${min}${origin("minReady")} is above max_ready ${max}${origin("maxReady")}: ` +
+      "min_ready must be at most max_ready",
+  );
 }
 
 /** A function's limit under the daemon's: the daemon's where unset, the lower where the daemon has one. */
@@ -223,6 +298,17 @@ export function effectiveLimits(settings: FunctionSettings, daemon: DaemonLimits
     timeoutMs: lower(settings.timeoutMs, daemon.timeoutMs),
     rootfs: settings.rootfs ?? "readonly",
   };
+}
+
+/**
+ * How many ready containers the pool keeps for a function: its `min_ready` and `max_ready`, the defaults
+ * ({@linkcode DEFAULT_MIN_READY}, {@linkcode DEFAULT_MAX_READY}) where unset, lowered to the daemon's `--pool-max`
+ * (which may have been lowered since they were set); minReady never exceeds maxReady.
+ */
+export function poolSizing(settings: FunctionSettings, daemon: Pick<DaemonLimits, "poolMax">): PoolSizing {
+  const maxReady = Math.min(settings.maxReady ?? DEFAULT_MAX_READY, daemon.poolMax);
+  const minReady = Math.min(settings.minReady ?? DEFAULT_MIN_READY, maxReady);
+  return { minReady, maxReady };
 }
 
 /** What was set for a function, in input form (`{"memory": "256MiB", "cpu": 0.5}`), which parseSettings reads back. */

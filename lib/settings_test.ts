@@ -4,15 +4,26 @@ import {
   effectiveLimits,
   formatDuration,
   formatSize,
+  type FunctionSettings,
   mergeSettings,
   parseSettings,
+  poolSizing,
   SETTING_KEYS,
+  SettingsError,
   settingsJson,
+  type SettingsPatch,
 } from "./settings.ts";
 
 const MiB = 1024 ** 2;
-const daemon: DaemonLimits = { memoryBytes: 512 * MiB, pids: 256, cpus: 1, scratchBytes: 64 * MiB, timeoutMs: 60_000 };
-const unlimited: DaemonLimits = { memoryBytes: 0, pids: 0, cpus: 0, scratchBytes: 64 * MiB, timeoutMs: 0 };
+const daemon: DaemonLimits = {
+  memoryBytes: 512 * MiB,
+  pids: 256,
+  cpus: 1,
+  scratchBytes: 64 * MiB,
+  timeoutMs: 60_000,
+  poolMax: 64,
+};
+const unlimited: DaemonLimits = { memoryBytes: 0, pids: 0, cpus: 0, scratchBytes: 64 * MiB, timeoutMs: 0, poolMax: 64 };
 
 Deno.test("parseSettings() reads text (query parameters) and JSON numbers alike", () => {
   const fromText = { memory: "256MiB", cpu: "0.5", pids: "64", timeout: "30s", rootfs: "writable" };
@@ -36,11 +47,11 @@ Deno.test("parseSettings() refuses an unknown key, naming it and the known ones"
   assertThrows(
     () => parseSettings({ memroy: "1MiB" }, daemon),
     TypeError,
-    'unknown setting "memroy": known are memory, cpu, pids, timeout, rootfs',
+    'unknown setting "memroy": known are memory, cpu, pids, timeout, rootfs, min_ready, max_ready',
   );
   // Keys of Object.prototype are not settings either.
   assertThrows(() => parseSettings({ constructor: 1 }, daemon), TypeError, 'unknown setting "constructor"');
-  assertEquals(SETTING_KEYS, ["memory", "cpu", "pids", "timeout", "rootfs"]);
+  assertEquals(SETTING_KEYS, ["memory", "cpu", "pids", "timeout", "rootfs", "min_ready", "max_ready"]);
 });
 
 Deno.test("parseSettings() refuses values above the daemon's limits, naming the flag", () => {
@@ -107,6 +118,52 @@ Deno.test("parseSettings() refuses malformed values with a message naming the ke
   for (const [fields, message] of cases) assertThrows(() => parseSettings(fields, daemon), TypeError, message);
 });
 
+Deno.test("parseSettings() throws SettingsError (the API's 400) for every refusal, those of parseSize too", () => {
+  for (const fields of [{ memroy: 1 }, { memory: "lots" }, { timeout: "soon" }, { cpu: 2 }, { min_ready: -1 }]) {
+    assertThrows(() => parseSettings(fields, daemon), SettingsError);
+  }
+});
+
+Deno.test("parseSettings() reads min_ready and max_ready as whole numbers from 0 to the daemon's --pool-max", () => {
+  assertEquals(parseSettings({ min_ready: "1", max_ready: "4" }, daemon), { minReady: 1, maxReady: 4 });
+  assertEquals(parseSettings({ min_ready: 0, max_ready: 0 }, daemon), { minReady: 0, maxReady: 0 });
+  assertEquals(parseSettings({ min_ready: 64, max_ready: "64" }, daemon), { minReady: 64, maxReady: 64 });
+  assertEquals(parseSettings({ min_ready: null, max_ready: null }, daemon), { minReady: null, maxReady: null });
+  const cases: [Record<string, unknown>, string][] = [
+    [{ min_ready: -1 }, "invalid min_ready -1: a whole number of containers, 0 or more"],
+    [{ max_ready: "-1" }, 'invalid max_ready "-1": a whole number of containers, 0 or more'],
+    [{ min_ready: 1.5 }, "invalid min_ready 1.5"],
+    [{ max_ready: "1.5" }, 'invalid max_ready "1.5"'],
+    [{ min_ready: "x" }, 'invalid min_ready "x"'],
+    [{ max_ready: true }, "invalid max_ready true"],
+    [{ max_ready: 1e300 }, "invalid max_ready 1e+300"],
+    [{ min_ready: 65 }, "min_ready 65 is above the daemon's --pool-max of 64"],
+    [{ max_ready: "100" }, "max_ready 100 is above the daemon's --pool-max of 64"],
+  ];
+  for (const [fields, message] of cases) assertThrows(() => parseSettings(fields, daemon), SettingsError, message);
+  // With --pool-max 0 no function may keep ready containers.
+  assertThrows(() => parseSettings({ max_ready: 1 }, { ...daemon, poolMax: 0 }), SettingsError, "--pool-max of 0");
+});
+
+Deno.test("mergeSettings() refuses min_ready above max_ready, saying where each value came from", () => {
+  assertEquals(mergeSettings({}, { minReady: 2, maxReady: 2 }), { minReady: 2, maxReady: 2 });
+  assertEquals(mergeSettings({ maxReady: 4 }, { minReady: 4 }), { maxReady: 4, minReady: 4 });
+  const cases: [FunctionSettings, SettingsPatch, string][] = [
+    [{}, { minReady: 5, maxReady: 3 }, "min_ready 5 is above max_ready 3: min_ready must be at most max_ready"],
+    [{}, { minReady: 9 }, "min_ready 9 is above max_ready 8 (the default)"],
+    [{ maxReady: 2 }, { minReady: 3 }, "min_ready 3 is above max_ready 2 (set before)"],
+    [{ minReady: 3 }, { maxReady: 2 }, "min_ready 3 (set before) is above max_ready 2"],
+    [
+      { minReady: 10, maxReady: 10 },
+      { maxReady: null },
+      "min_ready 10 (set before) is above max_ready 8 (the default)",
+    ],
+  ];
+  for (const [settings, patch, message] of cases) {
+    assertThrows(() => mergeSettings(settings, patch), SettingsError, message);
+  }
+});
+
 Deno.test("mergeSettings() sets given fields, drops null ones and keeps the rest", () => {
   const settings = { memoryBytes: 256 * MiB, cpus: 0.5, rootfs: "writable" as const };
   assertEquals(mergeSettings(settings, { cpus: null, pids: 64, memoryBytes: undefined }), {
@@ -152,10 +209,36 @@ Deno.test("effectiveLimits() lowers settings above the daemon's limits, and keep
   assertEquals(effectiveLimits({}, unlimited), { memoryBytes: 0, cpus: 0, pids: 0, timeoutMs: 0, rootfs: "readonly" });
 });
 
+Deno.test("poolSizing() fills in the defaults and lowers both to the daemon's --pool-max", () => {
+  assertEquals(poolSizing({}, daemon), { minReady: 0, maxReady: 8 });
+  assertEquals(poolSizing({ minReady: 2 }, daemon), { minReady: 2, maxReady: 8 });
+  assertEquals(poolSizing({ minReady: 1, maxReady: 40 }, daemon), { minReady: 1, maxReady: 40 });
+  // Set under a daemon with a higher --pool-max, then restarted with this one.
+  assertEquals(poolSizing({ minReady: 6, maxReady: 40 }, { poolMax: 4 }), { minReady: 4, maxReady: 4 });
+  assertEquals(poolSizing({}, { poolMax: 4 }), { minReady: 0, maxReady: 4 });
+  assertEquals(poolSizing({ minReady: 3 }, { poolMax: 0 }), { minReady: 0, maxReady: 0 });
+});
+
 Deno.test("settingsJson() shows only what was set, in input form that parseSettings reads back", () => {
-  const settings = { memoryBytes: 256 * MiB, cpus: 0.5, pids: 64, timeoutMs: 30_000, rootfs: "writable" as const };
+  const settings = {
+    memoryBytes: 256 * MiB,
+    cpus: 0.5,
+    pids: 64,
+    timeoutMs: 30_000,
+    rootfs: "writable" as const,
+    minReady: 1,
+    maxReady: 4,
+  };
   const shown = settingsJson(settings);
-  assertEquals(shown, { memory: "256MiB", cpu: 0.5, pids: 64, timeout: "30s", rootfs: "writable" });
+  assertEquals(shown, {
+    memory: "256MiB",
+    cpu: 0.5,
+    pids: 64,
+    timeout: "30s",
+    rootfs: "writable",
+    min_ready: 1,
+    max_ready: 4,
+  });
   assertEquals(parseSettings(shown, daemon), settings);
   assertEquals(settingsJson({ timeoutMs: 1500 }), { timeout: "1500ms" });
   assertEquals(settingsJson({}), {});

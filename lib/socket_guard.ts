@@ -6,11 +6,12 @@
  * included. faasd marks every accepted socket ({@linkcode GUARD_MARK}, `SO_MARK`, which only CAP_NET_ADMIN in the
  * host's network namespace can change) and installs one nftables rule that drops every TCP packet opening a
  * connection (SYN without ACK) that carries the mark. The client's established connection never sends such a
- * packet; a reconnect, or `sendto` with `MSG_FASTOPEN`, always does. (`listen` on the disconnected socket already
- * fails: it stays bound to the function's address, which faasd's listener holds.)
+ * packet; a reconnect, or `sendto` with `MSG_FASTOPEN`, always does. (`listen` on a disconnected accepted socket
+ * fails with EINVAL on Linux.)
  *
  * Each faasd (each containerd namespace) owns one table, `inet faasd-<namespace>`, installed at start, replaced
- * whole if a crashed run left it, and deleted at stop.
+ * whole if a crashed run left it, checked every few seconds (and put back if someone removed it), and deleted at a
+ * stop that left no container running.
  *
  * @module
  */
@@ -92,6 +93,21 @@ export class SocketGuard implements AsyncDisposable {
   static async removeLeftover(namespace: string): Promise<void> {
     const table = guardTable(namespace);
     await nft(`table inet ${table}\ndelete table inet ${table}\n`).catch(() => {});
+  }
+
+  /**
+   * Checks that the table is still there and installs it again if not (an operator's `nft flush ruleset`, or a
+   * reload of nftables.service, removes it). Never throws: a failure is logged, and the next check tries again.
+   */
+  async ensure(log: (message: string) => void): Promise<void> {
+    const out = await new Deno.Command("nft", {
+      args: ["list", "table", "inet", this.table],
+      stdout: "null",
+      stderr: "null",
+    }).output().catch(() => null);
+    if (out?.success) return;
+    log(`socket guard table ${this.table} was removed; installing it again`);
+    await nft(guardRuleset(this.table)).catch((e) => log(`socket guard: ${(e as Error).message}`));
   }
 
   /** How many connection attempts of handed-over sockets the rule dropped so far (the rule's counter). */

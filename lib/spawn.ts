@@ -2,7 +2,7 @@
  * One request's container, through containerd: a fresh snapshot on the function's image, a container whose only
  * way out is the control socket bind-mounted at `/control.sock`, its task started, and — once it connects — the
  * client's socket handed over with `SCM_RIGHTS`. Preparing a container (up to its connection on the control socket)
- * and handing it a connection are separate steps, so a pool can prepare ahead of demand.
+ * and handing it a connection are separate steps: the pool (pool.ts) prepares them ahead of demand.
  *
  * Every container, snapshot and lease carries the labels in {@link OWNED_LABELS}; {@link reapLeftovers} finds and
  * removes what a crashed faasd left behind.
@@ -135,10 +135,7 @@ export class RequestContainer {
     // thrown, so that remove() knows exactly what exists.
     // A writable root is bounded by faasd (scratch.ts): a read-only view under an upper layer on a sized tmpfs.
     const snapshot = writable
-      ? Promise.all([
-        containerd.viewSnapshot(snapshotter, this.id, image.chainId, { labels, lease }),
-        Scratch.create(stateDir, this.id, scratchBytes).then((s) => this.#scratch = s),
-      ]).then(([view, scratch]) => [writableRootfs(view, scratch.upper, scratch.work)])
+      ? this.#writableRoot(image.chainId, labels, lease, scratchBytes)
       : containerd.prepareSnapshot(snapshotter, this.id, image.chainId, { labels, lease });
     const [prepared, created] = await Promise.allSettled([
       snapshot,
@@ -163,6 +160,20 @@ export class RequestContainer {
     this.#exited = this.#waitForExit();
     this.#exited.then(() => this.#hasExited = true, () => {});
     await containerd.startTask(this.id);
+  }
+
+  /** The rootfs of a writable root: a view of the image under an upper layer on a sized tmpfs (scratch.ts). */
+  async #writableRoot(chainId: string, labels: Record<string, string>, lease: string, bytes: number): Promise<Mount[]> {
+    const { containerd, snapshotter, stateDir } = this.#deps;
+    // Both settle before either failure is thrown, so that remove() knows of a scratch mount that was made.
+    const [view, scratch] = await Promise.allSettled([
+      containerd.viewSnapshot(snapshotter, this.id, chainId, { labels, lease }),
+      Scratch.create(stateDir, this.id, bytes),
+    ]);
+    if (scratch.status === "fulfilled") this.#scratch = scratch.value;
+    if (view.status === "rejected") throw view.reason;
+    if (scratch.status === "rejected") throw scratch.reason;
+    return [writableRootfs(view.value, scratch.value.upper, scratch.value.work)];
   }
 
   /**
@@ -224,6 +235,18 @@ export class RequestContainer {
         stop.abort();
       }
     }
+  }
+
+  /**
+   * Settles when the connected container hung up its control connection (or wrote to it, which the handler contract
+   * has no use for) or exited; or when `signal` aborts. Never rejects. A ready container watched this way is never
+   * handed a client once lost.
+   */
+  async lost(signal: AbortSignal): Promise<void> {
+    if (!this.#control) return;
+    const exited = this.exited.then(() => {}, () => {});
+    const hungUp = this.#deps.poller.wait(this.#control.fd, "read", { signal }).then(() => {}, () => {});
+    await Promise.race([exited, hungUp]);
   }
 
   /**

@@ -1,8 +1,8 @@
 /**
  * The `faas` CLI end to end against the real daemon process: deploy from a tarball and from an engine's
- * `save` stream, ip, list, logs, delete, and one-line errors with a non-zero exit. Limits (`new --memory…`, `scale`)
- * are driven against the real control API over stand-ins for containerd, so that test needs neither root nor
- * containerd.
+ * `save` stream, ip, list, logs, delete, and one-line errors with a non-zero exit. Limits and pool sizing
+ * (`new --memory… --min-ready…`, `scale`, list's READY column) are driven against the real control API over
+ * stand-ins for containerd and the pool, so that test needs neither root nor containerd.
  */
 
 import { assert, assertEquals, assertMatch, assertStringIncludes } from "./assert.ts";
@@ -82,9 +82,9 @@ Deno.test("faas drives a running faasd end to end", async (t) => {
   await t.step("ip, list and list --json show the functions", async () => {
     assertEquals((await faas(d.url, ["ip", "cli-hello"])).stdout, `${base}11\n`);
     const table = (await faas(d.url, ["list"])).stdout.trim().split("\n");
-    assertMatch(table[0]!, /^IMAGE\s+IP\s+STATUS$/);
-    assertMatch(table[1]!, new RegExp(`^cli-hello\\s+${base.replaceAll(".", "\\.")}11\\s+active$`));
-    assertMatch(table[2]!, /^hello\s+\S+\s+active$/);
+    assertMatch(table[0]!, /^IMAGE\s+IP\s+STATUS\s+READY$/);
+    assertMatch(table[1]!, new RegExp(`^cli-hello\\s+${base.replaceAll(".", "\\.")}11\\s+active\\s+\\d+/0-8$`));
+    assertMatch(table[2]!, /^hello\s+\S+\s+active\s+\d+\/0-8$/);
     const json = JSON.parse((await faas(d.url, ["list", "--json"])).stdout);
     assertEquals(json.hello.image_ref, "localhost/cli-hello:1");
   });
@@ -209,8 +209,12 @@ Deno.test("with --api-token, faasd answers only requests that carry it, and faas
   });
 });
 
-/** The real control API on a port, over an in-memory registry and stand-ins that accept any upload. */
-function standInApi(): { url: string } & AsyncDisposable {
+/**
+ * The real control API on a port, over an in-memory registry and stand-ins that accept any upload; the pool stand-in
+ * reports the ready containers set in `ready`.
+ */
+function standInApi(): { url: string; ready: Map<string, number> } & AsyncDisposable {
+  const ready = new Map<string, number>();
   const registry = new Registry(":memory:");
   const functions = new Functions({
     registry,
@@ -242,13 +246,15 @@ function standInApi(): { url: string } & AsyncDisposable {
     functions,
     metrics: new Metrics(),
     maxImageBytes: 1 << 30,
-    limits: { memoryBytes: 512 << 20, pids: 256, cpus: 1, scratchBytes: 64 << 20, timeoutMs: 60_000 },
+    limits: { memoryBytes: 512 << 20, pids: 256, cpus: 1, scratchBytes: 64 << 20, timeoutMs: 60_000, poolMax: 16 },
     logPath: () => "/nonexistent",
     probe: () => Promise.resolve({}),
+    pool: { ready: (name) => ready.get(name) ?? 0, status: () => null },
   });
   const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, api);
   return {
     url: `http://127.0.0.1:${server.addr.port}`,
+    ready,
     [Symbol.asyncDispose]: async () => {
       await server.shutdown();
       registry.close();
@@ -275,7 +281,8 @@ Deno.test("faas new --memory… and faas scale set a function's limits; list --j
       assertEquals(r.code, 0, r.stderr);
       assertEquals(
         r.stdout,
-        "hello: memory 512MiB (default), cpu 0.5, pids 256 (default), timeout 30s, rootfs readonly (default)\n",
+        "hello: memory 512MiB (default), cpu 0.5, pids 256 (default), timeout 30s, rootfs readonly (default), " +
+          "min_ready 0 (default), max_ready 8 (default)\n",
       );
     });
 
@@ -309,7 +316,95 @@ Deno.test("faas new --memory… and faas scale set a function's limits; list --j
       assertEquals(r.code, 0);
       assertStringIncludes(r.stdout, "Usage: faas scale NAME");
       assertStringIncludes(r.stdout, "--default KEY");
+      assertStringIncludes(r.stdout, "--min-ready N");
     });
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("faas new --min-ready/--max-ready and faas scale size a function's pool; list shows READY", async (t) => {
+  await using api = standInApi();
+  const dir = await Deno.makeTempDir({ prefix: "faasd-cli-" });
+  try {
+    await Deno.writeFile(`${dir}/hello.tar`, new Uint8Array(10_000));
+
+    await t.step("new passes --min-ready and --max-ready", async () => {
+      const r = await faas(api.url, ["new", "--tar", `${dir}/hello.tar`, "--name", "hello", "--min-ready", "1"]);
+      assertEquals(r.code, 0, r.stderr);
+      const other = await faas(api.url, ["new", "--tar", `${dir}/hello.tar`, "--name", "other", "--max-ready", "2"]);
+      assertEquals(other.code, 0, other.stderr);
+      const json = JSON.parse((await faas(api.url, ["list", "--json"])).stdout);
+      assertEquals(json.hello.settings, { min_ready: 1 });
+      assertEquals([json.hello.min_ready, json.hello.max_ready, json.hello.ready], [1, 8, 0]);
+      assertEquals(json.other.settings, { max_ready: 2 });
+    });
+
+    await t.step("list shows READY as ready/min-max after IMAGE IP STATUS", async () => {
+      api.ready.set("hello", 2);
+      const r = await faas(api.url, ["list"]);
+      assertEquals(r.code, 0, r.stderr);
+      assertEquals(r.stdout.trimEnd().split("\n"), [
+        "IMAGE  IP           STATUS  READY",
+        "hello  127.77.0.10  active  2/1-8",
+        "other  127.77.0.11  active  0/0-2",
+      ]);
+      assertEquals(JSON.parse((await faas(api.url, ["list", "--json"])).stdout).hello.ready, 2);
+    });
+
+    await t.step("scale changes them with the limits, and --default takes either spelling", async () => {
+      const r = await faas(api.url, ["scale", "hello", "--max-ready", "4", "--pids", "64"]);
+      assertEquals(r.code, 0, r.stderr);
+      assertStringIncludes(
+        r.stdout,
+        "pids 64, timeout 1m (default), rootfs readonly (default), min_ready 1, max_ready 4\n",
+      );
+      const back = await faas(api.url, ["scale", "hello", "--default", "min-ready", "--default", "max_ready"]);
+      assertEquals(back.code, 0, back.stderr);
+      assertStringIncludes(back.stdout, "min_ready 0 (default), max_ready 8 (default)\n");
+      const json = JSON.parse((await faas(api.url, ["list", "--json"])).stdout);
+      assertEquals(json.hello.settings, { pids: 64 });
+    });
+
+    await t.step(
+      "min above max, a value past --pool-max or a malformed one fails with one line that says why",
+      async () => {
+        const cases: [string[], string][] = [
+          [
+            ["scale", "other", "--min-ready", "3"],
+            "faas: min_ready 3 is above max_ready 2 (set before): " +
+            "min_ready must be at most max_ready (HTTP 400)\n",
+          ],
+          [
+            ["scale", "hello", "--max-ready", "17"],
+            "faas: max_ready 17 is above the daemon's --pool-max of 16 (HTTP 400)\n",
+          ],
+          [
+            ["scale", "hello", "--min-ready", "1.5"],
+            'faas: invalid min_ready "1.5": a whole number of containers, 0 or more (HTTP 400)\n',
+          ],
+          [
+            ["scale", "hello", "--min-ready", "x"],
+            'faas: invalid min_ready "x": a whole number of containers, 0 or more (HTTP 400)\n',
+          ],
+          [
+            ["new", "--tar", `${dir}/hello.tar`, "--name", "third", "--min-ready", "5", "--max-ready", "4"],
+            "faas: min_ready 5 is above max_ready 4: min_ready must be at most max_ready (HTTP 400)\n",
+          ],
+          [
+            ["scale", "hello", "--min-ready", "2", "--default", "min-ready"],
+            "faas: --min-ready and --default min-ready contradict each other\n",
+          ],
+        ];
+        for (const [args, stderr] of cases) {
+          const r = await faas(api.url, args);
+          assertEquals([r.code, r.stderr], [1, stderr], args.join(" "));
+        }
+        const json = JSON.parse((await faas(api.url, ["list", "--json"])).stdout);
+        assertEquals(Object.keys(json), ["hello", "other"]);
+        assertEquals([json.hello.settings, json.other.settings], [{ pids: 64 }, { max_ready: 2 }]);
+      },
+    );
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -11,6 +11,7 @@ import { ContainerdError, isUnavailable } from "../containerd/errors.ts";
 import { ImageImportError } from "../images/errors.ts";
 import { ListenError } from "../serve.ts";
 import { HostAddressError } from "../hostaddr.ts";
+import { SettingsError } from "../settings.ts";
 
 /** An error that already knows its HTTP status (bad requests found by the handlers themselves). */
 export class HttpError extends Error {
@@ -32,6 +33,7 @@ export function json(body: unknown, status = 200, headers: HeadersInit = {}): Re
 export function statusOf(e: unknown): number {
   if (e instanceof HttpError) return e.status;
   if (e instanceof FunctionNotFoundError) return 404;
+  if (e instanceof SettingsError) return 400; // a setting refused, alone or merged with those set before
   if (e instanceof PoolExhaustedError) return 503;
   if (e instanceof ImageImportError) {
     if (e.kind === "invalid") return 400;

@@ -1,9 +1,10 @@
 /**
  * `POST /api/new`: header `X-Image-Name` names the function, the body is an image tarball (`docker save` /
  * `podman save`, docker-archive or OCI layout). Query parameters set the function's settings, as
- * `PATCH /api/functions/<name>` takes them (`?memory=256MiB&cpu=0.5&pids=64&timeout=30s&rootfs=writable`); they are
- * checked before the body is read, and merged into those a replaced function had. Answers `{"name", "ip"}`: 201 for
- * a new function, 200 when an existing one was replaced (it keeps its address).
+ * `PATCH /api/functions/<name>` takes them (`?memory=256MiB&cpu=0.5&pids=64&timeout=30s&rootfs=writable`, and the
+ * pool's `min_ready=1&max_ready=4`); they are checked, merged into those a replaced function had, before the body is
+ * read. Answers `{"name", "ip"}`: 201 for a new function, 200 when an existing one was replaced (it keeps its
+ * address).
  *
  * @module
  */
@@ -15,19 +16,19 @@ import type { Metrics } from "../metrics.ts";
 import { parseSettings, type SettingsPatch } from "../settings.ts";
 import { HttpError, json } from "./http.ts";
 
-/** The settings in the query string. @throws {HttpError} 400 for an unknown, repeated or invalid one. */
+/**
+ * The settings in the query string.
+ *
+ * @throws {HttpError} 400 for a repeated one.
+ * @throws {SettingsError} (400) for an unknown or invalid one.
+ */
 function querySettings(url: URL, limits: DaemonLimits): SettingsPatch {
   const fields: Record<string, string> = {};
   for (const [key, value] of url.searchParams) {
     if (Object.hasOwn(fields, key)) throw new HttpError(400, `query parameter ${JSON.stringify(key)} given twice`);
     fields[key] = value;
   }
-  try {
-    return parseSettings(fields, limits);
-  } catch (e) {
-    if (e instanceof TypeError) throw new HttpError(400, e.message, { cause: e });
-    throw e;
-  }
+  return parseSettings(fields, limits);
 }
 
 /** Builds the handler. */

@@ -14,7 +14,7 @@ import { deleteFunction } from "./delete.ts";
 import { healthz } from "./healthz.ts";
 import { errorResponse, HttpError, json } from "./http.ts";
 import { functionIp } from "./ip.ts";
-import { listFunctions } from "./list.ts";
+import { listFunctions, type PoolState } from "./list.ts";
 import { functionLogs } from "./logs.ts";
 import { metricsEndpoint } from "./metrics.ts";
 import { newFunction } from "./new.ts";
@@ -25,8 +25,10 @@ export interface ApiDeps {
   functions: Functions;
   metrics: Metrics;
   maxImageBytes: number;
-  /** The daemon's per-container limits: what functions get by default, and the ceilings of their settings. */
+  /** The daemon's per-container limits and `--pool-max`: what functions get by default, the ceilings of settings. */
   limits: DaemonLimits;
+  /** The server's view of each function's pool (`ready`, and a status such as `failing`); absent: 0 ready. */
+  pool?: PoolState;
   logPath: (name: string) => string;
   probe: () => Promise<Record<string, unknown>>;
   /** Aborts when the daemon stops: long answers (`logs -f`) end then. */

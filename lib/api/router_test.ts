@@ -10,13 +10,21 @@ import { Functions } from "../functions.ts";
 import { IpPool } from "../ipam.ts";
 import { Metrics } from "../metrics.ts";
 import { type FunctionRecord, Registry } from "../registry.ts";
+import type { PoolState } from "./list.ts";
 import { createApi } from "./router.ts";
 
 const MiB = 1024 ** 2;
-const limits: DaemonLimits = { memoryBytes: 512 * MiB, pids: 256, cpus: 1, scratchBytes: 64 * MiB, timeoutMs: 60_000 };
+const limits: DaemonLimits = {
+  memoryBytes: 512 * MiB,
+  pids: 256,
+  cpus: 1,
+  scratchBytes: 64 * MiB,
+  timeoutMs: 60_000,
+  poolMax: 16,
+};
 
 /** The API over stand-ins; `bodiesRead` counts uploads the image store read from. */
-function api() {
+function api(pool?: PoolState) {
   const registry = new Registry(":memory:");
   const served = new Map<string, FunctionRecord>();
   const state = { bodiesRead: 0 };
@@ -54,6 +62,7 @@ function api() {
     limits,
     logPath: () => "/nonexistent",
     probe: () => Promise.resolve({}),
+    pool,
   });
   const request = (method: string, path: string, body?: BodyInit) =>
     handle(new Request(`http://faasd.test${path}`, { method, body, headers: { "x-image-name": "fn" } }));
@@ -156,7 +165,76 @@ Deno.test("GET /api/list shows each function's effective limits and what was set
   assertEquals(fn.ip, "127.77.0.10");
   assertEquals(fn.status, "active");
   assertEquals([fn.memory_bytes, fn.cpus, fn.pids, fn.timeout_ms, fn.rootfs], [64 * MiB, 1, 256, 500, "readonly"]);
+  assertEquals([fn.min_ready, fn.max_ready, fn.ready], [0, 8, 0]);
   assertEquals(fn.settings, { memory: "64MiB", timeout: "500ms" });
+});
+
+Deno.test("POST /api/new and PATCH set min_ready and max_ready; the list shows them and what the pool has", async () => {
+  const pool: PoolState = {
+    ready: (name) => name === "fn" ? 3 : 0,
+    status: (name) => name === "fn" ? "failing" : null,
+  };
+  using a = api(pool);
+  const res = await a.request("POST", "/api/new?min_ready=1&max_ready=4", tarball());
+  assertEquals(res.status, 201, await res.clone().text());
+  assertEquals(a.registry.get("fn")?.settings, { minReady: 1, maxReady: 4 });
+  let fn = (await (await a.request("GET", "/api/list")).json()).fn;
+  assertEquals([fn.min_ready, fn.max_ready, fn.ready, fn.status], [1, 4, 3, "failing"]);
+  assertEquals(fn.settings, { min_ready: 1, max_ready: 4 });
+
+  const patched = await a.request("PATCH", "/api/functions/fn", JSON.stringify({ max_ready: 6, min_ready: null }));
+  assertEquals(patched.status, 200);
+  const entry = await patched.json();
+  assertEquals([entry.min_ready, entry.max_ready, entry.ready, entry.status], [0, 6, 3, "failing"]);
+  assertEquals(a.served.get("fn")?.settings, { maxReady: 6 });
+  // null returns max_ready to its default.
+  await (await a.request("PATCH", "/api/functions/fn", '{"max_ready": null}')).body?.cancel();
+  fn = (await (await a.request("GET", "/api/list")).json()).fn;
+  assertEquals([fn.min_ready, fn.max_ready, fn.settings], [0, 8, {}]);
+});
+
+Deno.test("min_ready and max_ready are refused with 400 when malformed, past --pool-max, or out of order", async () => {
+  using a = api();
+  const refusedNew: [string, string][] = [
+    ["?min_ready=-1", 'invalid min_ready "-1": a whole number of containers, 0 or more'],
+    ["?max_ready=1.5", 'invalid max_ready "1.5"'],
+    ["?min_ready=x", 'invalid min_ready "x"'],
+    ["?max_ready=17", "max_ready 17 is above the daemon's --pool-max of 16"],
+    ["?min_ready=3&max_ready=2", "min_ready 3 is above max_ready 2: min_ready must be at most max_ready"],
+    ["?min_ready=9", "min_ready 9 is above max_ready 8 (the default)"],
+  ];
+  for (const [query, message] of refusedNew) {
+    const res = await a.request("POST", `/api/new${query}`, tarball());
+    assertEquals(res.status, 400, query);
+    assertStringIncludes((await res.json()).error, message);
+  }
+  assertEquals(a.state.bodiesRead, 0);
+  assertEquals(a.registry.list(), []);
+
+  await (await a.request("POST", "/api/new?max_ready=2", tarball())).body?.cancel();
+  const refusedPatch: [unknown, string][] = [
+    [{ min_ready: -1 }, "invalid min_ready -1"],
+    [{ min_ready: 1.5 }, "invalid min_ready 1.5"],
+    [{ max_ready: "x" }, 'invalid max_ready "x"'],
+    [{ min_ready: 20 }, "min_ready 20 is above the daemon's --pool-max of 16"],
+    [{ min_ready: 3 }, "min_ready 3 is above max_ready 2 (set before)"],
+    [{ min_ready: 4, max_ready: 3 }, "min_ready 4 is above max_ready 3"],
+  ];
+  for (const [body, message] of refusedPatch) {
+    const res = await a.request("PATCH", "/api/functions/fn", JSON.stringify(body));
+    assertEquals(res.status, 400, JSON.stringify(body));
+    assertStringIncludes((await res.json()).error, message);
+  }
+  // A redeploy is checked against what the function has, before its body is read.
+  const redeploy = await a.request("POST", "/api/new?min_ready=5", tarball());
+  assertEquals(redeploy.status, 400);
+  assertStringIncludes((await redeploy.json()).error, "min_ready 5 is above max_ready 2 (set before)");
+  assertEquals(a.state.bodiesRead, 1);
+  assertEquals(a.registry.get("fn")?.settings, { maxReady: 2 });
+  // Both at once in order is fine.
+  const ok = await a.request("PATCH", "/api/functions/fn", '{"min_ready": 5, "max_ready": 5}');
+  assertEquals(ok.status, 200);
+  assertEquals([(await ok.json()).min_ready, a.registry.get("fn")?.settings], [5, { minReady: 5, maxReady: 5 }]);
 });
 
 Deno.test("the router allows PATCH and DELETE on /api/functions/NAME", async () => {

@@ -1,8 +1,10 @@
 /**
  * `PATCH /api/functions/<name>`: changes a function's settings. The body is a JSON object of the keys `GET
- * /api/list` shows under `settings` (`{"memory": "256MiB", "cpu": 0.5, "timeout": null}`); null returns a key to
- * the daemon's default, a key left out keeps its value. Answers 200 with the function's entry as the list shows it,
- * plus its `name`. The next connection's container gets the new settings; requests in flight keep theirs.
+ * /api/list` shows under `settings` (`{"memory": "256MiB", "cpu": 0.5, "timeout": null, "min_ready": 1}`); null
+ * returns a key to the daemon's default, a key left out keeps its value. A change that would leave min_ready above
+ * max_ready (the stored value or the default standing for the one not given) is a 400. Answers 200 with the
+ * function's entry as the list shows it, plus its `name`. The next connection's container gets the new settings;
+ * requests in flight keep theirs.
  *
  * @module
  */
@@ -12,7 +14,7 @@ import type { DaemonLimits } from "../config.ts";
 import type { Functions } from "../functions.ts";
 import { parseSettings, SETTING_KEYS, type SettingsPatch } from "../settings.ts";
 import { HttpError, json } from "./http.ts";
-import { functionEntry } from "./list.ts";
+import { functionEntry, type PoolState } from "./list.ts";
 
 /** Settings take a few dozen bytes; a larger body is refused before it is all read. */
 const MAX_BODY_BYTES = 64 * 1024;
@@ -32,10 +34,10 @@ async function readBody(req: Request): Promise<string> {
 }
 
 /**
- * The change the body asks for. Keys are dispatched by who reads them: today all are settings; others (the pool's
- * `min_ready`/`max_ready`) are taken out of `fields` here before the rest goes to parseSettings.
+ * The change the body asks for: every key is a setting, the pool's `min_ready` and `max_ready` among them.
  *
- * @throws {HttpError} 400 for a body that is not a non-empty JSON object of known keys with valid values.
+ * @throws {HttpError} 400 for a body that is not a non-empty JSON object.
+ * @throws {SettingsError} (400) for an unknown key or an invalid value.
  */
 function parsePatch(text: string, limits: DaemonLimits): SettingsPatch {
   const example = 'e.g. {"memory": "256MiB", "cpu": 0.5, "timeout": null}';
@@ -51,19 +53,14 @@ function parsePatch(text: string, limits: DaemonLimits): SettingsPatch {
   if (Object.keys(fields).length === 0) {
     throw new HttpError(400, `nothing to change: give at least one of ${SETTING_KEYS.join(", ")}`);
   }
-  try {
-    return parseSettings(fields as Record<string, unknown>, limits);
-  } catch (e) {
-    if (e instanceof TypeError) throw new HttpError(400, e.message, { cause: e });
-    throw e;
-  }
+  return parseSettings(fields as Record<string, unknown>, limits);
 }
 
 /** Builds the handler. */
-export function updateFunction(deps: { functions: Functions; limits: DaemonLimits }) {
+export function updateFunction(deps: { functions: Functions; limits: DaemonLimits; pool?: PoolState }) {
   return async (req: Request, name: string): Promise<Response> => {
     const patch = parsePatch(await readBody(req), deps.limits);
     const record = await deps.functions.update(name, patch);
-    return json({ name: record.name, ...functionEntry(record, deps.limits) });
+    return json({ name: record.name, ...functionEntry(record, deps.limits, deps.pool) });
   };
 }

@@ -70,6 +70,9 @@ function flagsFor(ctd: ContainerdInstance, o: Required<Omit<TestPlatformOptions,
     o.namespace,
     "--shutdown-grace",
     "2s",
+    // Ready containers go 2 s after the last connection (the default is 5 m), so that tests can check nothing is left.
+    "--pool-idle",
+    "2s",
     ...flags,
   ];
 }

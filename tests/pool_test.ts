@@ -1,0 +1,185 @@
+/**
+ * The warm pool end to end (real containerd, podman images, loopback traffic): containers are started before their
+ * connection arrives, each still serves exactly one connection, the pool follows its settings, shrinks when idle,
+ * never serves an image that was replaced, replaces ready containers that die, opens its breaker on an image that
+ * cannot start, and idle connections cost no container.
+ */
+
+import { assert, assertEquals, assertStringIncludes } from "./assert.ts";
+import { startContainerd } from "./harness/containerd.ts";
+import { buildHandlerImage, type HandlerImageOptions } from "./harness/images.ts";
+import { leftovers, NONE, startTestPlatform, type TestPlatform } from "./harness/platform.ts";
+import { curl } from "./curl.ts";
+
+async function deploy(
+  p: TestPlatform,
+  name: string,
+  mode: string,
+  opts: HandlerImageOptions = {},
+  query = "",
+): Promise<{ url: string; status: number }> {
+  const tarball = await buildHandlerImage(mode, opts);
+  const res = await p.request("POST", `/api/new${query}`, {
+    headers: { "x-image-name": name },
+    body: (await Deno.open(tarball)).readable,
+  });
+  const body = await res.json();
+  if (res.status !== 201 && res.status !== 200) {
+    throw new Error(`deploy ${name}: ${res.status} ${JSON.stringify(body)}`);
+  }
+  return { url: `http://${body.ip}:${p.port}/`, status: res.status };
+}
+
+/** Polls `check` every 50 ms for up to `ms`; returns whether it became true. */
+async function waitUntil(check: () => boolean | Promise<boolean>, ms = 20_000): Promise<boolean> {
+  const deadline = Date.now() + ms;
+  while (Date.now() < deadline) {
+    if (await check()) return true;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return await check();
+}
+
+const runningTasks = async (p: TestPlatform) =>
+  (await p.client.listTasks()).filter((t) => t.status === "running").length;
+
+Deno.test("a pooled request is served by a container started before it, and used by no other", async (t) => {
+  await using ctd = await startContainerd();
+  await using p = await startTestPlatform(ctd, { flags: ["--pool-idle", "1s"] });
+  const { url } = await deploy(p, "marker", "marker", {}, "?min_ready=2&max_ready=4");
+
+  await t.step("min_ready containers wait ready, connected, before any connection", async () => {
+    assert(await waitUntil(() => p.platform.server.ready("marker") === 2), "2 ready");
+    assertEquals(await runningTasks(p), 2);
+    const list = await (await p.request("GET", "/api/list")).json();
+    assertEquals([list.marker.ready, list.marker.min_ready, list.marker.max_ready], [2, 2, 4]);
+  });
+
+  await t.step("50 requests: each container is fresh (never sees another request's marker)", async () => {
+    for (let i = 0; i < 50; i++) {
+      const r = await curl(url);
+      assertEquals([r.exit, r.status, r.body], [0, 200, "fresh"], `request ${i}`);
+    }
+    const metrics = await (await p.request("GET", "/metrics")).text();
+    assertStringIncludes(metrics, 'faasd_connections_acquired_total{function="marker",from="pool"}');
+  });
+
+  await t.step("min_ready is held after the traffic", async () => {
+    assert(await waitUntil(() => p.platform.server.ready("marker") === 2), "back to 2 ready");
+  });
+
+  await t.step("scaled to 0, an idle function keeps nothing: no task, container or snapshot", async () => {
+    const res = await p.request("PATCH", "/api/functions/marker", { body: JSON.stringify({ min_ready: 0 }) });
+    assertEquals(res.status, 200);
+    assert(await waitUntil(() => p.platform.server.inflight === 0), "pool drained");
+    assertEquals(await leftovers(p.client), NONE);
+  });
+});
+
+Deno.test("a ready container killed from outside is replaced and never handed a client", async () => {
+  await using ctd = await startContainerd();
+  await using p = await startTestPlatform(ctd);
+  const { url } = await deploy(p, "hello", "hello", {}, "?min_ready=1&max_ready=1");
+  assert(await waitUntil(() => p.platform.server.ready("hello") === 1), "1 ready");
+  const [victim] = await p.client.listTasks();
+  await p.client.killTask(victim!.containerId, 9);
+  assert(
+    await waitUntil(async () =>
+      p.platform.server.ready("hello") === 1 &&
+      !(await p.client.listTasks()).some((t) => t.containerId === victim!.containerId)
+    ),
+    "replaced",
+  );
+  const r = await curl(url);
+  assertEquals([r.exit, r.status, r.body], [0, 200, "hello from faasd\n"]);
+  const metrics = await (await p.request("GET", "/metrics")).text();
+  assertStringIncludes(metrics, 'faasd_ready_lost_total{function="hello"} 1');
+});
+
+Deno.test("a redeploy under load: no connection accepted after it answered is served by the old image", async () => {
+  await using ctd = await startContainerd();
+  await using p = await startTestPlatform(ctd);
+  const v1 = { env: { VERSION: "1" } };
+  const v2 = { env: { VERSION: "2" } };
+  const { url } = await deploy(p, "ver", "echo-env", v1, "?min_ready=3&max_ready=6");
+  assert(await waitUntil(() => p.platform.server.ready("ver") === 3), "3 ready");
+  let deployedAt = Infinity;
+  const wrong: string[] = [];
+  let served = 0;
+  const stop = AbortSignal.timeout(8000);
+  const worker = async () => {
+    while (!stop.aborted) {
+      const sent = performance.now();
+      const r = await curl(url);
+      if (r.status !== 200) {
+        wrong.push(`${r.status} ${r.body}`);
+        continue;
+      }
+      served++;
+      const version = JSON.parse(r.body).env.VERSION;
+      if (sent > deployedAt && version !== "2") wrong.push(`sent after the deploy, served by VERSION=${version}`);
+    }
+  };
+  const workers = Array.from({ length: 4 }, worker);
+  await new Promise((r) => setTimeout(r, 1500));
+  const { status } = await deploy(p, "ver", "echo-env", v2);
+  deployedAt = performance.now();
+  assertEquals(status, 200);
+  await Promise.all(workers);
+  assertEquals(wrong, []);
+  assert(served > 10, `only ${served} served`);
+});
+
+Deno.test("the breaker opens on an image that cannot start, answers fast, and closes on a redeploy", async () => {
+  await using ctd = await startContainerd();
+  await using p = await startTestPlatform(ctd);
+  const { url } = await deploy(p, "broken", "exit");
+  const first = await curl(url);
+  assertEquals([first.exit, first.status], [0, 503]);
+  assertStringIncludes(first.body, "failing");
+  const list = await (await p.request("GET", "/api/list")).json();
+  assertEquals(list.broken.status, "failing");
+  const began = performance.now();
+  const fast = await curl(url);
+  assertEquals(fast.status, 503);
+  assert(performance.now() - began < 5000, "refused without waiting for a start");
+  await deploy(p, "broken", "hello");
+  const fixed = await curl(url);
+  assertEquals([fixed.status, fixed.body], [200, "hello from faasd\n"]);
+  assertEquals((await (await p.request("GET", "/api/list")).json()).broken.status, "active");
+});
+
+Deno.test("connections that send nothing cost no container and are closed after --header-timeout", async () => {
+  await using ctd = await startContainerd();
+  await using p = await startTestPlatform(ctd, { flags: ["--header-timeout", "1s", "--max-concurrency", "2"] });
+  const { url } = await deploy(p, "hello", "hello");
+  const { hostname, port } = new URL(url);
+  const idle = await Promise.all(Array.from({ length: 20 }, () => Deno.connect({ hostname, port: Number(port) })));
+  try {
+    // Meanwhile the function serves others: idle connections hold no container and no concurrency slot.
+    for (let i = 0; i < 3; i++) assertEquals((await curl(url)).status, 200);
+    const metrics = await (await p.request("GET", "/metrics")).text();
+    assertStringIncludes(metrics, 'faasd_container_starts_total{function="hello",outcome="ok"} 3');
+    // Each idle one is closed by faasd: reading gives end of stream.
+    for (const c of idle) assertEquals(await c.read(new Uint8Array(16)), null);
+    assertStringIncludes(
+      await (await p.request("GET", "/metrics")).text(),
+      'faasd_requests_total{function="hello",outcome="idle"} 20',
+    );
+  } finally {
+    for (const c of idle) c.close();
+  }
+});
+
+Deno.test("a burst of 200 connections to an idle function is answered 200 every time", async () => {
+  await using ctd = await startContainerd();
+  // The default --queue-timeout is 10 s; containers start at 5-10 a second on this shared two-core machine, so the
+  // last of 200 waits longer than that here (see the pool's note in bench/README.md).
+  await using p = await startTestPlatform(ctd, { flags: ["--queue-timeout", "90s"] });
+  const { url } = await deploy(p, "hello", "hello");
+  const results = await Promise.all(Array.from({ length: 200 }, () => curl(url, { timeoutS: 120 })));
+  const failed = results.filter((r) => r.exit !== 0 || r.status !== 200).map((r) => `${r.exit} ${r.status} ${r.body}`);
+  assertEquals(failed, []);
+  assert(await waitUntil(() => p.platform.server.inflight === 0, 30_000), "all removed");
+  assertEquals(await leftovers(p.client), NONE);
+});
