@@ -244,9 +244,17 @@ export class RequestContainer {
    */
   async lost(signal: AbortSignal): Promise<void> {
     if (!this.#control) return;
+    // The watch on the control socket ends with this call, whichever way it ends: an exit first must not leave it
+    // registered on a descriptor that removal closes (and the kernel hands out again).
+    const done = new AbortController();
     const exited = this.exited.then(() => {}, () => {});
-    const hungUp = this.#deps.poller.wait(this.#control.fd, "read", { signal }).then(() => {}, () => {});
-    await Promise.race([exited, hungUp]);
+    const hungUp = this.#deps.poller.wait(this.#control.fd, "read", { signal: AbortSignal.any([signal, done.signal]) })
+      .then(() => {}, () => {});
+    try {
+      await Promise.race([exited, hungUp]);
+    } finally {
+      done.abort();
+    }
   }
 
   /**
