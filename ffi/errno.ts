@@ -96,6 +96,7 @@ export const EINTR = 4;
 export const ENOENT = 2;
 export const EBADF = 9;
 export const EAGAIN = 11;
+export const ESRCH = 3;
 export const ENOTCONN = 107;
 
 /** Returns the symbolic name of an errno value, e.g. `"EAGAIN"`, or `"E<n>"` for one not in the table. */

@@ -64,6 +64,8 @@ const SYMBOLS = {
   open: { parameters: ["buffer", "i32", "u32"], result: "i32" },
   // int fcntl(int fd, int cmd, int arg);  (the int-argument form)
   fcntl: { parameters: ["i32", "i32", "i32"], result: "i32" },
+  // int pidfd_open(pid_t pid, unsigned int flags);  (glibc 2.36; Linux 5.3)
+  pidfd_open: { parameters: ["i32", "u32"], result: "i32" },
   // int eventfd(unsigned int initval, int flags);
   eventfd: { parameters: ["u32", "i32"], result: "i32" },
   // int mount(const char *source, const char *target, const char *filesystemtype, unsigned long mountflags,

@@ -16,6 +16,7 @@ import { isNotFound } from "./containerd/errors.ts";
 import type { ExitStatus, Mount } from "./containerd/types.ts";
 import type { Poller } from "../ffi/epoll.ts";
 import { type UnixConn, UnixListener } from "../ffi/socket.ts";
+import { PidFd } from "../ffi/pidfd.ts";
 import type { FunctionRecord } from "./registry.ts";
 import { buildSpec } from "./spec.ts";
 import type { DaemonLimits } from "./config.ts";
@@ -79,7 +80,11 @@ export class RequestContainer {
   timeoutMs = 0;
   #created = false;
   #taskCreated = false;
+  /** containerd's word on the exit: what removal waits for (the task can be deleted only once containerd knows). */
   #exited: Promise<ExitStatus> | null = null;
+  /** The earliest word on the exit: the kernel's (a pidfd on the epoll loop) or containerd's, whichever comes first. */
+  #ended: Promise<void> | null = null;
+  #pidfd: PidFd | null = null;
   #hasExited = false;
   #removed: Promise<void> | null = null;
 
@@ -159,7 +164,9 @@ export class RequestContainer {
     this.#taskCreated = true;
     this.#exited = this.#waitForExit();
     this.#exited.then(() => this.#hasExited = true, () => {});
-    await containerd.startTask(this.id);
+    this.#ended = this.#exited.then(() => {}, () => {});
+    const pid = await containerd.startTask(this.id);
+    this.#ended = this.#watchExit(pid);
   }
 
   /** The rootfs of a writable root: a view of the image under an upper layer on a sized tmpfs (scratch.ts). */
@@ -193,9 +200,30 @@ export class RequestContainer {
     }
   }
 
-  /** Settles when the task has exited (rejects if waiting failed). */
-  get exited(): Promise<ExitStatus> {
-    return this.#exited ?? Promise.reject(new Error("container not started"));
+  /**
+   * Resolves as soon as the kernel reports the container's process gone (a pidfd readable on the epoll loop), or
+   * containerd does, whichever is first: the client's end of stream need not wait for containerd's exit event.
+   */
+  async #watchExit(pid: number): Promise<void> {
+    const exited = this.#exited!.then(() => {}, () => {});
+    let pidfd: PidFd | null = null;
+    try {
+      pidfd = PidFd.open(pid);
+    } catch { /* no pidfds here: containerd's word only */ }
+    if (!pidfd) return await exited;
+    this.#pidfd = pidfd;
+    const done = new AbortController();
+    const seen = this.#deps.poller.wait(pidfd.fd, "read", { signal: done.signal }).then(() => {}, () => {});
+    try {
+      await Promise.race([exited, seen]);
+    } finally {
+      done.abort();
+    }
+  }
+
+  /** Resolves when the container's process has exited, as soon as that is known; never rejects. */
+  get exited(): Promise<void> {
+    return this.#ended ?? Promise.reject(new Error("container not started"));
   }
 
   /** Whether the task is known to have exited. */
@@ -315,9 +343,10 @@ export class RequestContainer {
     if (this.#taskCreated) {
       if (!this.#hasExited) {
         await step("kill task", () => this.kill());
-        await step("wait task", () => this.exited);
+        await step("wait task", () => this.#exited!);
       }
       await step("delete task", () => containerd.deleteTask(this.id));
+      await step("close pidfd", () => Promise.resolve(this.#pidfd?.close()));
     }
     if (this.#created) await step("delete container", () => containerd.deleteContainer(this.id));
     await step("close output", () => this.#output?.close() ?? Promise.resolve());
