@@ -9,22 +9,10 @@ import { type Addresses, FunctionNotFoundError, Functions, type ImageStore, type
 import { IpPool } from "./ipam.ts";
 import { type DeployedImage, type FunctionRecord, Registry } from "./registry.ts";
 import { SettingsError } from "./settings.ts";
+import { deployedImage } from "../tests/fixtures/deployed.ts";
 
 function image(tag: string): DeployedImage {
-  return {
-    imageRef: `example/${tag}`,
-    containerdName: `faasd.local/functions/fn:${tag}`,
-    manifestDigest: `sha256:${tag}`,
-    chainId: `sha256:chain-${tag}`,
-    config: {
-      entrypoint: ["/handler"],
-      cmd: [],
-      env: [],
-      workingDir: "/",
-      user: "",
-      resolvedUser: { uid: 0, gid: 0, additionalGids: [] },
-    },
-  };
+  return { ...deployedImage(`example/${tag}`, `faasd.local/functions/fn:${tag}`), manifestDigest: `sha256:${tag}` };
 }
 
 /** Stand-ins that record what exists and fail where told; an import waits for `importGate` when set. */

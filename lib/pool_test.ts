@@ -1,6 +1,7 @@
 import { assert, assertEquals, assertRejects } from "../tests/assert.ts";
 import { BREAKER_FAILURES, type PoolContainer, type PoolOptions, Pools, PoolUnavailableError } from "./pool.ts";
 import type { FunctionRecord } from "./registry.ts";
+import { deployedImage } from "../tests/fixtures/deployed.ts";
 
 /** A stand-in container: its start, connection and loss are driven by the test. */
 class Fake implements PoolContainer {
@@ -38,20 +39,7 @@ function record(name: string, image = "img:1", settings = {}): FunctionRecord {
     ip: "127.0.0.1",
     status: "active",
     imageRef: image,
-    image: {
-      imageRef: image,
-      containerdName: image,
-      manifestDigest: "sha256:x",
-      chainId: "sha256:y",
-      config: {
-        entrypoint: ["/h"],
-        cmd: [],
-        env: [],
-        workingDir: "",
-        user: "",
-        resolvedUser: { uid: 0, gid: 0, additionalGids: [] },
-      },
-    },
+    image: deployedImage(image, image),
     settings,
     createdAt: "",
     updatedAt: "",

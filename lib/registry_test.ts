@@ -2,21 +2,9 @@ import { DatabaseSync } from "node:sqlite";
 import { assertEquals, assertThrows } from "../tests/assert.ts";
 import { IpPool, PoolExhaustedError } from "./ipam.ts";
 import { type DeployedImage, Registry } from "./registry.ts";
+import { deployedImage } from "../tests/fixtures/deployed.ts";
 
-const image = (ref: string): DeployedImage => ({
-  imageRef: ref,
-  containerdName: `faasd.local/functions/x:latest`,
-  manifestDigest: "sha256:" + "a".repeat(64),
-  chainId: "sha256:" + "b".repeat(64),
-  config: {
-    entrypoint: ["/handler"],
-    cmd: [],
-    env: [],
-    workingDir: "/",
-    user: "",
-    resolvedUser: { uid: 0, gid: 0, additionalGids: [] },
-  },
-});
+const image = (ref: string): DeployedImage => deployedImage(ref, `faasd.local/functions/x:latest`);
 
 Deno.test("Registry.deploy() allocates the lowest free IP and keeps it on redeploy", () => {
   using reg = new Registry(":memory:");

@@ -389,12 +389,12 @@ function withoutVsock(args: SeccompArg[]): SeccompArg[] | null {
   if (new Set(args.map((a) => a.index)).size < args.length) return null;
   const family = args.find((a) => a.index === 0);
   if (!family) return [...args, { index: 0, value: AF_VSOCK, valueTwo: 0, op: "SCMP_CMP_NE" }];
-  return holds(family, AF_VSOCK) ? null : args;
+  return conditionHolds(family, BigInt(AF_VSOCK)) ? null : args;
 }
 
-/** Whether `arg` satisfies the condition, as libseccomp compares (unsigned 64-bit). */
-function holds(c: SeccompArg, arg: number): boolean {
-  const a = BigInt(arg), v = BigInt(c.value), v2 = BigInt(c.valueTwo ?? 0);
+/** Whether the argument value `arg` satisfies the condition, as libseccomp compares (unsigned 64-bit). */
+export function conditionHolds(c: SeccompArg, arg: bigint): boolean {
+  const a = BigInt.asUintN(64, arg), v = BigInt(c.value), v2 = BigInt(c.valueTwo ?? 0);
   switch (c.op) {
     case "SCMP_CMP_EQ":
       return a === v;

@@ -1,5 +1,6 @@
 import { assert, assertEquals, assertRejects, assertStringIncludes } from "../tests/assert.ts";
 import {
+  conditionHolds,
   DEFAULT_SECCOMP_PATH,
   loadSeccompProfile,
   SECCOMP_DENIED,
@@ -24,7 +25,6 @@ async function defaultProfile(): Promise<SeccompProfile> {
 const ALLOWED = "SCMP_ACT_ALLOW";
 const EPERM = "SCMP_ACT_ERRNO(1)";
 const ENOSYS = "SCMP_ACT_ERRNO(38)";
-const U64 = (1n << 64n) - 1n;
 
 /** What a rule answers, as runc installs it (ERRNO without a number is EPERM). */
 function answer(action: string, errnoRet?: number): string {
@@ -35,26 +35,7 @@ function answer(action: string, errnoRet?: number): string {
 function matches(rule: SeccompRule, args: bigint[]): boolean {
   const conds = rule.args ?? [];
   if (conds.length === 0) return true;
-  const test = (c: NonNullable<SeccompRule["args"]>[number]) => {
-    const a = (args[c.index] ?? 0n) & U64, v = BigInt(c.value), v2 = BigInt(c.valueTwo ?? 0);
-    switch (c.op) {
-      case "SCMP_CMP_EQ":
-        return a === v;
-      case "SCMP_CMP_NE":
-        return a !== v;
-      case "SCMP_CMP_LT":
-        return a < v;
-      case "SCMP_CMP_LE":
-        return a <= v;
-      case "SCMP_CMP_GT":
-        return a > v;
-      case "SCMP_CMP_GE":
-        return a >= v;
-      case "SCMP_CMP_MASKED_EQ":
-        return (a & v) === v2;
-    }
-    throw new Error(`unknown op ${c.op}`);
-  };
+  const test = (c: NonNullable<SeccompRule["args"]>[number]) => conditionHolds(c, args[c.index] ?? 0n);
   const shared = new Set(conds.map((c) => c.index)).size < conds.length;
   return shared ? conds.some(test) : conds.every(test);
 }

@@ -15,6 +15,7 @@ import { Functions } from "../lib/functions.ts";
 import { IpPool } from "../lib/ipam.ts";
 import { Metrics } from "../lib/metrics.ts";
 import { Registry } from "../lib/registry.ts";
+import { deployedImage } from "./fixtures/deployed.ts";
 
 const CLI = new URL("../cli.ts", import.meta.url).pathname;
 
@@ -222,20 +223,7 @@ function standInApi(): { url: string; ready: Map<string, number> } & AsyncDispos
     images: {
       import: async (name, body) => {
         await new Response(body).arrayBuffer();
-        return {
-          imageRef: `localhost/${name}:1`,
-          containerdName: `faasd.local/functions/${name}:1`,
-          manifestDigest: "sha256:" + "d".repeat(64),
-          chainId: "sha256:" + "c".repeat(64),
-          config: {
-            entrypoint: ["/handler"],
-            cmd: [],
-            env: [],
-            workingDir: "/",
-            user: "",
-            resolvedUser: { uid: 0, gid: 0, additionalGids: [] },
-          },
-        };
+        return deployedImage(`localhost/${name}:1`, `faasd.local/functions/${name}:1`);
       },
       remove: () => Promise.resolve(),
     },

@@ -12,6 +12,7 @@ import { Metrics } from "../metrics.ts";
 import { type FunctionRecord, Registry } from "../registry.ts";
 import type { PoolState } from "./list.ts";
 import { createApi } from "./router.ts";
+import { deployedImage } from "../../tests/fixtures/deployed.ts";
 
 const MiB = 1024 ** 2;
 const limits: DaemonLimits = {
@@ -35,20 +36,7 @@ function api(pool?: PoolState) {
       import: async (name, body) => {
         state.bodiesRead++;
         await new Response(body).arrayBuffer();
-        return {
-          imageRef: `example/${name}`,
-          containerdName: `faasd.local/functions/${name}:1`,
-          manifestDigest: "sha256:" + "d".repeat(64),
-          chainId: "sha256:" + "c".repeat(64),
-          config: {
-            entrypoint: ["/handler"],
-            cmd: [],
-            env: [],
-            workingDir: "/",
-            user: "",
-            resolvedUser: { uid: 0, gid: 0, additionalGids: [] },
-          },
-        };
+        return deployedImage(`example/${name}`, `faasd.local/functions/${name}:1`);
       },
       remove: () => Promise.resolve(),
     },
