@@ -5,7 +5,7 @@
 
 import zlib from "node:zlib";
 import tar from "tar-stream";
-import { assert, assertEquals, assertMatch, assertRejects } from "./assert.ts";
+import { assert, assertEquals, assertMatch, assertRejects, assertStringIncludes } from "./assert.ts";
 import { startContainerd, testNamespace } from "./harness/containerd.ts";
 import { buildHandlerImage, buildPaddedImage } from "./harness/images.ts";
 import type { Containerd } from "../lib/containerd/client.ts";
@@ -15,8 +15,11 @@ import {
   ImageTooLargeError,
   importImage,
   LABEL_FUNCTION,
+  MAX_LAYERS,
   removeImage,
+  TooManyLayersError,
 } from "../lib/images/import.ts";
+import { statusOf } from "../lib/api/http.ts";
 import { chainIds, sha256Digest } from "../lib/images/digest.ts";
 import { concatBytes } from "../lib/bytes.ts";
 
@@ -72,14 +75,20 @@ async function gzip(data: Uint8Array): Promise<Uint8Array> {
 
 /** A body delivering `data` in small chunks, as an upload does. */
 function body(data: Uint8Array, chunk = 16 * 1024): ReadableStream<Uint8Array> {
+  return countingBody(data, chunk).stream;
+}
+
+/** {@linkcode body}, telling how many bytes the reader has pulled from it so far. */
+function countingBody(data: Uint8Array, chunk = 16 * 1024): { stream: ReadableStream<Uint8Array>; pulled(): number } {
   let at = 0;
-  return new ReadableStream({
+  const stream = new ReadableStream<Uint8Array>({
     pull(controller) {
       if (at >= data.length) return controller.close();
       controller.enqueue(data.slice(at, at + chunk));
-      at += chunk;
+      at = Math.min(at + chunk, data.length);
     },
   });
+  return { stream, pulled: () => at };
 }
 
 function file(name: string, data: Uint8Array | string): TarFile {
@@ -310,24 +319,33 @@ Deno.test("importImage() keeps working after containerd restarts", async () => {
 
 // --- imports that must fail, leaving nothing ---
 
+/** Asserts the import of `archive` fails with `message`, leaving nothing; returns the error and the bytes read. */
 async function assertFails(
   archive: Uint8Array | Promise<Uint8Array>,
   message: RegExp,
-  options: { maxBytes?: number; maxEntries?: number; cls?: Parameters<typeof assertRejects>[1] } = {},
-): Promise<void> {
+  options: {
+    maxBytes?: number;
+    maxEntries?: number;
+    maxLayers?: number;
+    cls?: Parameters<typeof assertRejects>[1];
+  } = {},
+): Promise<{ error: ImageImportError; pulled: number }> {
   const bytes = await archive;
   using c = ctd.client(testNamespace());
-  const err = await assertRejects(
+  const upload = countingBody(bytes);
+  const error = await assertRejects(
     () =>
-      importImage(c, body(bytes), {
+      importImage(c, upload.stream, {
         name: "bad",
         maxBytes: options.maxBytes ?? MAX,
         maxEntries: options.maxEntries,
+        maxLayers: options.maxLayers,
       }),
     options.cls ?? ImageImportError,
   ) as ImageImportError;
-  assertMatch(err.message, message);
+  assertMatch(error.message, message);
   assertEquals(await leftovers(c), NOTHING);
+  return { error, pulled: upload.pulled() };
 }
 
 Deno.test("importImage() rejects random bytes", async () => {
@@ -589,6 +607,132 @@ Deno.test("importImage() resolves a named USER in a many-layer image, and says s
     assertEquals(imported.config.resolvedUser, { uid: 1000, gid: 1000, additionalGids: [] });
   });
   await assertFails(withManyLayers(80), /too many layers to mount; use a numeric USER/);
+});
+
+// --- the layer limit ---
+
+/**
+ * A docker-archive of `count` one-file layers (distinct: `l<i>/layer.tar` holding `f<i>`) whose config runs `/x`,
+ * written as docker save writes it, manifest.json last, unless `manifestFirst`. Nothing in it could run: it is only
+ * imported.
+ */
+async function layeredArchive(count: number, opts: { manifestFirst?: boolean } = {}): Promise<Uint8Array> {
+  const layers: TarFile[] = [];
+  for (let i = 0; i < count; i++) layers.push(file(`l${i}/layer.tar`, await packTar([file(`f${i}`, `${i}\n`)])));
+  const config = JSON.stringify({
+    architecture: "amd64",
+    os: "linux",
+    config: { Cmd: ["/x"] },
+    rootfs: { type: "layers", diff_ids: layers.map((l) => sha256Digest(l.data)) },
+  });
+  const configName = `${sha256Digest(config).slice("sha256:".length)}.json`;
+  const manifest = file(
+    "manifest.json",
+    JSON.stringify([{
+      Config: configName,
+      RepoTags: ["localhost/layered:latest"],
+      Layers: layers.map((l) => l.header.name),
+    }]),
+  );
+  const rest = [file(configName, config), ...layers];
+  return await packTar(opts.manifestFirst ? [manifest, ...rest] : [...rest, manifest]);
+}
+
+/** Asserts `error` is the layer limit's refusal: a 400. */
+function assertTooManyLayers(error: ImageImportError, maxLayers = MAX_LAYERS): void {
+  assert(error instanceof TooManyLayersError, `${error.name}: ${error.message}`);
+  assertEquals(error.maxLayers, maxLayers);
+  assertEquals(error.kind, "invalid");
+  assertEquals(statusOf(error), 400);
+  assertMatch(error.message, new RegExp(`faasd runs images of at most ${maxLayers} `));
+}
+
+Deno.test("importImage() refuses an image of MAX_LAYERS + 1 layers with a 400, leaving nothing", async () => {
+  assertEquals(MAX_LAYERS, 125);
+  const over = MAX_LAYERS + 1;
+  // docker save's order: manifest.json after the layers. The layer blobs are counted as they stream past.
+  const streamed = await assertFails(layeredArchive(over), /^image archive holds more than 125 layers; /);
+  assertTooManyLayers(streamed.error);
+  // manifest.json first: refused once it is read, before a single layer.
+  const archive = await layeredArchive(over, { manifestFirst: true });
+  const listed = await assertFails(archive, /^image has 126 layers; /);
+  assertTooManyLayers(listed.error);
+  assert(listed.pulled < archive.length / 4, `${listed.pulled} of ${archive.length} bytes read`);
+  // One blob listed 126 times: the streamed count stays at 1, the manifest decides.
+  const layer = await packTar([file("data", "x")]);
+  assertTooManyLayers((await assertFails(withLayer(layer, "plain", { times: over }), /^image has 126 layers; /)).error);
+});
+
+Deno.test("importImage() refuses an OCI image whose manifest lists more than MAX_LAYERS layers", async () => {
+  const files = await readTar(await Deno.readFile(await buildHandlerImage("hello", { format: "oci-archive" })));
+  const indexFile = files.find((f) => f.header.name === "index.json")!;
+  const index = JSON.parse(text(indexFile));
+  const blobName = (digest: string) => `blobs/sha256/${digest.slice("sha256:".length)}`;
+  const manifestFile = files.find((f) => f.header.name === blobName(index.manifests[0].digest))!;
+  const manifest = JSON.parse(text(manifestFile));
+  manifest.layers = Array(MAX_LAYERS + 1).fill(manifest.layers[0]);
+  const bytes = new TextEncoder().encode(JSON.stringify(manifest));
+  index.manifests[0] = { ...index.manifests[0], digest: sha256Digest(bytes), size: bytes.length };
+  const rewritten = [
+    ...files.filter((f) => f !== indexFile && f !== manifestFile),
+    file(blobName(sha256Digest(bytes)), bytes),
+    file("index.json", JSON.stringify(index)),
+  ];
+  assertTooManyLayers((await assertFails(packTar(rewritten), /^image has 126 layers; /)).error);
+});
+
+Deno.test("importImage() takes an image of exactly maxLayers layers, and refuses one more", async () => {
+  await withClient(async (c) => {
+    const imported = await importImage(c, body(await layeredArchive(3)), {
+      name: "three",
+      maxBytes: MAX,
+      maxLayers: 3,
+    });
+    await assertImported(c, imported, "three", 3);
+  });
+  assertTooManyLayers((await assertFails(layeredArchive(4), /more than 3 layers/, { maxLayers: 3 })).error, 3);
+  assertTooManyLayers(
+    (await assertFails(layeredArchive(4, { manifestFirst: true }), /image has 4 layers/, { maxLayers: 3 })).error,
+    3,
+  );
+});
+
+Deno.test("importImage() takes an image of MAX_LAYERS layers", async () => {
+  await withClient(async (c) => {
+    const imported = await importImage(c, body(await layeredArchive(MAX_LAYERS)), { name: "max", maxBytes: MAX });
+    await assertImported(c, imported, "max", MAX_LAYERS);
+  });
+});
+
+Deno.test("importImage() stops an upload of thousands of layers within its first few hundred entries", async () => {
+  const count = 3000;
+  const archive = await layeredArchive(count);
+  const { error, pulled } = await assertFails(archive, /^image archive holds more than 125 layers; /);
+  assertTooManyLayers(error);
+  // Each layer is one archive entry of the same size: what was read covers a few hundred of them at most.
+  const perLayer = archive.length / count;
+  assert(pulled < 300 * perLayer, `${pulled} bytes read: ${Math.round(pulled / perLayer)} layers' worth`);
+});
+
+// --- what the client is told ---
+
+Deno.test("importImage() says why containerd could not unpack a layer, naming no host path", async () => {
+  // A hard link to a file the layer does not have: faasd's scan lets it through, containerd's extraction fails
+  // with the link's paths on the host.
+  const layer = await packTar([{
+    header: { name: "x", type: "link", linkname: "missing" } as tar.Header,
+    data: new Uint8Array(),
+  }]);
+  const { error } = await assertFails(
+    withLayer(layer, "plain"),
+    /^layer 1 \(sha256:[0-9a-f]{64}\) could not be unpacked: /,
+  );
+  assertEquals(error.kind, "invalid");
+  assertEquals(statusOf(error), 400);
+  // containerd's own message (logged for the operator) names its root; the client's names no absolute path at all.
+  if (ctd.root) assertStringIncludes((error.cause as Error).message, ctd.root);
+  assertMatch(error.message, /: link <path> <path>: no such file or directory$/);
+  assert(!/(^|[\s'"=:(])\/\w/.test(error.message), `a host path in: ${error.message}`);
 });
 
 Deno.test("stop the private containerd", async () => {

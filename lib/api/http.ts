@@ -8,7 +8,7 @@
 import { FunctionNotFoundError } from "../functions.ts";
 import { PoolExhaustedError } from "../ipam.ts";
 import { ContainerdError, isUnavailable } from "../containerd/errors.ts";
-import { ImageImportError } from "../images/errors.ts";
+import { ImageImportError, withoutHostPaths } from "../images/errors.ts";
 import { ListenError } from "../serve.ts";
 import { HostAddressError } from "../hostaddr.ts";
 import { SettingsError } from "../settings.ts";
@@ -50,7 +50,12 @@ export function statusOf(e: unknown): number {
 /** The `{"error": ...}` answer for `e`; unexpected errors are logged since they are bugs. */
 export function errorResponse(e: unknown): Response {
   const status = statusOf(e);
-  const message = e instanceof Error ? e.message : String(e);
+  let message = e instanceof Error ? e.message : String(e);
   if (status === 500) console.error("faasd: internal error:", e);
+  if (e instanceof ContainerdError) {
+    // containerd's messages name paths on the host: the operator's log has them, the client does not.
+    console.error(`faasd: ${message}`);
+    message = withoutHostPaths(message);
+  }
   return json({ error: message }, status);
 }

@@ -13,7 +13,7 @@
 import { Buffer } from "node:buffer";
 import tar from "tar-stream";
 import { Code, type Containerd, ContainerdError } from "../containerd/client.ts";
-import { ImageImportError } from "./errors.ts";
+import { ImageImportError, TooManyLayersError } from "./errors.ts";
 import { drained } from "./drained.ts";
 import { type LayerScan, LayerScanner, SizeBudget } from "./layer_scan.ts";
 import { detectCompression } from "./mediatypes.ts";
@@ -71,6 +71,11 @@ export interface IngestOptions {
   maxBytes: number;
   /** Limit of the number of entries. */
   maxEntries: number;
+  /**
+   * Limit of the number of layers. The archive is refused once more blobs that can be layers than this have streamed
+   * past, or once a docker `manifest.json` lists more, without waiting for the rest of the upload.
+   */
+  maxLayers: number;
   /** An upload sending nothing for this long (ms) is abandoned; default 60 s. */
   stallMs?: number;
 }
@@ -80,6 +85,7 @@ export interface IngestOptions {
  *
  * @throws {ImageTooLargeError} once the tar stream, or what its compressed blobs inflate to, passes `maxBytes`.
  * @throws {ImageImportError} for anything that is not a well-formed, safe archive (`kind: "invalid"`).
+ * @throws {TooManyLayersError} once the archive is seen to hold more than `maxLayers` layers.
  * @throws {ContainerdError} when containerd fails; an ingest in progress is aborted first.
  */
 export async function ingestArchive(
@@ -98,6 +104,7 @@ export async function ingestArchive(
   feeder.catch(() => {});
   let count = 0;
   let jsonKept = 0;
+  let layerBlobs = 0;
   try {
     for await (const entry of extract) {
       if (++count > options.maxEntries) {
@@ -112,10 +119,17 @@ export async function ingestArchive(
       });
       // Whatever the handler left unread goes too, so that the parser moves on (and reports truncation here).
       while (!(await it.next()).done);
-      if (result?.kind === "index") indexFiles.set(result.name, result.data);
-      else if (result) {
+      if (result?.kind === "index") {
+        indexFiles.set(result.name, result.data);
+        const listed = result.name === "manifest.json" ? layersListed(result.data) : 0;
+        if (listed > options.maxLayers) throw new TooManyLayersError(options.maxLayers, listed);
+      } else if (result) {
         entries.set(result.name, result);
         if (result.kind === "blob" && result.json) jsonKept += result.json.length;
+        // docker save writes manifest.json last: without counting, a 10 000-layer upload is refused only at its end.
+        if (result.kind === "blob" && mayBeLayer(result) && ++layerBlobs > options.maxLayers) {
+          throw new TooManyLayersError(options.maxLayers, null);
+        }
       }
     }
     await feeder;
@@ -328,6 +342,30 @@ async function readSmall(it: AsyncIterator<Uint8Array>, name: string): Promise<U
 
 function looksLikeJson(head: Uint8Array): boolean {
   return head[0] === 0x7b; // "{"
+}
+
+/**
+ * Whether a blob may be a layer: an image archive's other blobs are JSON (configs, manifests, indexes). The count is
+ * only an early stop: an archive of several images counts all their layers, and a layer listed twice counts once;
+ * the manifest's own list decides.
+ */
+function mayBeLayer(blob: ArchiveBlob): boolean {
+  return !looksLikeJson(blob.head);
+}
+
+/**
+ * How many layers a docker `manifest.json` lists for its first image (the one imported); 0 when it is not in the
+ * expected shape, which is for resolving the image to report.
+ */
+function layersListed(data: Uint8Array): number {
+  let list: unknown;
+  try {
+    list = JSON.parse(new TextDecoder().decode(data));
+  } catch {
+    return 0;
+  }
+  const layers = Array.isArray(list) && typeof list[0] === "object" && list[0] !== null ? list[0].Layers : null;
+  return Array.isArray(layers) ? layers.length : 0;
 }
 
 /** Turns parser failures into user-facing errors; ours and containerd's pass through. */

@@ -20,14 +20,14 @@ import {
 import { assertValidName } from "../names.ts";
 import { type ArchiveContents, ingestArchive } from "./archive.ts";
 import { type LayerScan, SizeBudget } from "./layer_scan.ts";
-import { ImageImportError } from "./errors.ts";
+import { ImageImportError, withoutHostPaths } from "./errors.ts";
 import { type ProcessConfig, resolveImage } from "./manifest.ts";
 import type { DeployedProcess } from "../spec.ts";
 import { unpackLayers } from "./unpack.ts";
 import { resolveImageUser } from "./user.ts";
 import { randomHex } from "../random.ts";
 
-export { ImageImportError, type ImageImportErrorKind, ImageTooLargeError } from "./errors.ts";
+export { ImageImportError, type ImageImportErrorKind, ImageTooLargeError, TooManyLayersError } from "./errors.ts";
 export type { ProcessConfig } from "./manifest.ts";
 
 /** Label on everything faasd creates in containerd. */
@@ -47,6 +47,14 @@ export const IMPORT_LEASE_FILTER = `labels."${LABEL_LEASE}"==import`;
  */
 const LEASE_EXPIRY_SECONDS = 24 * 3600;
 const DEFAULT_MAX_ENTRIES = 10_000;
+/**
+ * Most layers an image may have. A container's root filesystem is one overlayfs mount stacking every layer: the
+ * kernel takes at most 500 lower layers, and the mount options must fit one 4 KiB page even once containerd
+ * shortens them to paths relative to its snapshots directory (past that, every request of the function fails with
+ * "mount options is too long"). Docker refuses images of more than 125 layers; so does faasd, at deploy, well within
+ * both bounds.
+ */
+export const MAX_LAYERS = 125;
 
 /** Options of {@linkcode importImage}. */
 export interface ImportOptions {
@@ -61,6 +69,8 @@ export interface ImportOptions {
   labels?: Record<string, string>;
   /** Limit of the number of archive entries (default 10 000). */
   maxEntries?: number;
+  /** Limit of the number of layers of the image (default {@linkcode MAX_LAYERS}). */
+  maxLayers?: number;
   /** An upload sending nothing for this long (ms) is abandoned; default 60 s. */
   stallMs?: number;
   /** Where the image is mounted to read its `/etc/passwd` for a named USER (default: the system's temp dir). */
@@ -94,10 +104,13 @@ export function containerdImageName(name: string, manifestDigest: string): strin
  * Imports an image tarball streamed in `body` as function `options.name`'s image, replacing its previous one (whose
  * content and snapshots become garbage unless shared).
  *
- * @throws {TypeError} for an invalid function name; {@linkcode RangeError} for a non-positive `maxBytes`.
+ * @throws {TypeError} for an invalid function name; {@linkcode RangeError} for a non-positive `maxBytes` or
+ *   `maxLayers`.
  * @throws {ImageTooLargeError} (`kind: "too-large"`) when the tarball exceeds `maxBytes`.
- * @throws {ImageImportError} `kind: "invalid"` for anything that is not a complete, safe image archive;
- *   `kind: "internal"` when containerd fails. Either way nothing written is left behind.
+ * @throws {ImageImportError} `kind: "invalid"` for anything that is not a complete, safe image archive, an image of
+ *   more than `maxLayers` layers among them (refused as soon as the archive shows it);
+ *   `kind: "internal"` when containerd fails (its message names no host path; the full error is logged). Either way
+ *   nothing written is left behind.
  */
 export async function importImage(
   client: Containerd,
@@ -106,6 +119,8 @@ export async function importImage(
 ): Promise<ImportedImage> {
   const name = assertValidName(options.name);
   if (!(options.maxBytes > 0)) throw new RangeError("importImage: maxBytes must be positive");
+  const maxLayers = options.maxLayers ?? MAX_LAYERS;
+  if (!(maxLayers >= 1)) throw new RangeError("importImage: maxLayers must be positive");
   const snapshotter = options.snapshotter ?? "overlayfs";
   const id = randomHex(6);
   const refPrefix = `faasd-import-${id}`;
@@ -118,7 +133,7 @@ export async function importImage(
     });
   } catch (err) {
     await body.cancel().catch(() => {});
-    throw toImportError(err);
+    throw toImportError(err, name);
   }
   try {
     const contents = await ingestArchive(client, body, {
@@ -126,12 +141,14 @@ export async function importImage(
       refPrefix,
       maxBytes: options.maxBytes,
       maxEntries: options.maxEntries ?? DEFAULT_MAX_ENTRIES,
+      maxLayers,
       stallMs: options.stallMs,
     });
     const image = await resolveImage(client, contents, {
       lease,
       ref: `${refPrefix}-manifest`,
       labels: { [LABEL_MANAGED]: "true" },
+      maxLayers,
     });
     checkRunnable(image.process);
     checkLayers(contents, image.layers, options.maxBytes);
@@ -183,7 +200,7 @@ export async function importImage(
   } catch (err) {
     await body.cancel().catch(() => {});
     await discard(client, lease, refPrefix);
-    throw toImportError(err);
+    throw toImportError(err, name);
   }
 }
 
@@ -237,14 +254,20 @@ async function discard(client: Containerd, lease: string, refPrefix: string): Pr
   await client.deleteLease(lease, { sync: true }).catch(() => {});
 }
 
-function toImportError(err: unknown): ImageImportError {
+/**
+ * The error the client sees. Ours pass through; anything else is containerd's or the system's failure, whose message
+ * may name host paths: the client gets it without them, the operator's log the whole error.
+ */
+function toImportError(err: unknown, name: string): ImageImportError {
   if (err instanceof ImageImportError) return err;
   if (err instanceof ContainerdError) {
-    return new ImageImportError(`containerd failed while importing the image: ${err.message}`, {
+    console.error(`faasd: deploy of ${name}: ${err.message}`);
+    return new ImageImportError(`containerd failed while importing the image: ${withoutHostPaths(err.message)}`, {
       kind: "internal",
       cause: err,
     });
   }
+  console.error(`faasd: deploy of ${name}:`, err); // not containerd's (the system's, or a bug): the stack tells more
   const message = err instanceof Error ? err.message : String(err);
-  return new ImageImportError(`image import failed: ${message}`, { kind: "internal", cause: err });
+  return new ImageImportError(`image import failed: ${withoutHostPaths(message)}`, { kind: "internal", cause: err });
 }

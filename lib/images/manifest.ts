@@ -9,7 +9,7 @@ import { type Containerd, type Descriptor, isNotFound } from "../containerd/clie
 import type { ArchiveBlob, ArchiveContents } from "./archive.ts";
 import { MAX_JSON_BYTES, normalizeEntryName } from "./archive.ts";
 import { isDigest } from "./digest.ts";
-import { ImageImportError } from "./errors.ts";
+import { ImageImportError, TooManyLayersError } from "./errors.ts";
 import {
   detectCompression,
   DOCKER_CONFIG,
@@ -41,16 +41,29 @@ export interface ResolvedImage {
 /** How deep nested indexes are followed. */
 const MAX_INDEX_DEPTH = 3;
 
+/** Options of {@linkcode resolveImage}. */
+export interface ResolveOptions {
+  /** Lease holding the manifest written for a docker-archive. */
+  lease: string;
+  /** Ingest ref of that manifest. */
+  ref: string;
+  /** Labels of the manifest. */
+  labels: Record<string, string>;
+  /** Most layers the image may have. */
+  maxLayers: number;
+}
+
 /**
  * Finds the image in the archive and makes sure its manifest is committed with labels referencing config and layers.
  *
  * @throws {ImageImportError} when the archive does not describe a complete, usable image.
+ * @throws {TooManyLayersError} when its manifest lists more than `maxLayers` layers (before anything is looked up).
  * @throws {ContainerdError} when containerd fails.
  */
 export async function resolveImage(
   client: Containerd,
   contents: ArchiveContents,
-  options: { lease: string; ref: string; labels: Record<string, string> },
+  options: ResolveOptions,
 ): Promise<ResolvedImage> {
   for (const name of ["index.json", "manifest.json"]) {
     const entry = contents.entries.get(name);
@@ -66,7 +79,7 @@ export async function resolveImage(
 async function resolveDocker(
   client: Containerd,
   contents: ArchiveContents,
-  options: { lease: string; ref: string; labels: Record<string, string> },
+  options: ResolveOptions,
 ): Promise<ResolvedImage> {
   const list = parseJson(contents.indexFiles.get("manifest.json")!, "manifest.json");
   if (!Array.isArray(list) || list.length === 0 || !isObject(list[0])) {
@@ -77,6 +90,7 @@ async function resolveDocker(
   if (!Array.isArray(entry.Layers) || !entry.Layers.every((l) => typeof l === "string")) {
     throw new ImageImportError("manifest.json has no Layers list");
   }
+  if (entry.Layers.length > options.maxLayers) throw new TooManyLayersError(options.maxLayers, entry.Layers.length);
   const configBlob = lookup(contents, entry.Config, "image config");
   const configJson = await loadJson(client, configBlob, "image config");
   const config: Descriptor = { mediaType: DOCKER_CONFIG, digest: configBlob.digest, size: configBlob.size };
@@ -113,7 +127,7 @@ async function resolveDocker(
 async function resolveOci(
   client: Containerd,
   contents: ArchiveContents,
-  options: { lease: string; ref: string; labels: Record<string, string> },
+  options: ResolveOptions,
 ): Promise<ResolvedImage> {
   const index = parseJson(contents.indexFiles.get("index.json")!, "index.json");
   const found = await selectManifest(client, contents, index, "index.json", 0);
@@ -123,6 +137,9 @@ async function resolveOci(
   const manifest = await loadJson(client, manifestBlob, "image manifest");
   if (!isObject(manifest.config)) throw new ImageImportError("image manifest has no config");
   if (!Array.isArray(manifest.layers)) throw new ImageImportError("image manifest has no layers list");
+  if (manifest.layers.length > options.maxLayers) {
+    throw new TooManyLayersError(options.maxLayers, manifest.layers.length);
+  }
   const config = toDescriptor(manifest.config, "image config");
   const configJson = await loadJson(client, blobOf(contents, config, "image config"), "image config");
   const layers = manifest.layers.map((l: unknown, i: number) => {

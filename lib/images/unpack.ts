@@ -8,7 +8,7 @@
 
 import { type Containerd, type Descriptor, isAlreadyExists, isUnavailable } from "../containerd/client.ts";
 import { chainIds } from "./digest.ts";
-import { ImageImportError } from "./errors.ts";
+import { ImageImportError, withoutHostPaths } from "./errors.ts";
 import { DOCKER_LAYER, OCI_LAYER } from "./mediatypes.ts";
 
 /** Options of {@linkcode unpackLayers}. */
@@ -26,7 +26,8 @@ export interface UnpackOptions {
  * Applies `layers` one on another and returns the chain id of the top snapshot.
  *
  * @throws {ImageImportError} when an applied layer's uncompressed digest differs from its diff id, or containerd
- *   cannot apply a layer (corrupt or unsupported compression).
+ *   cannot apply a layer (corrupt or unsupported compression): its message names no host path, the full error is
+ *   logged.
  * @throws {ContainerdError} when containerd fails otherwise. The active snapshot of the failing layer is removed;
  *   committed ones stay in the lease.
  */
@@ -91,9 +92,10 @@ async function applyLayer(
       applied = await client.applyDiff(layer, mounts, { lease });
     } catch (err) {
       if (isUnavailable(err)) throw err;
-      throw new ImageImportError(`layer ${i + 1} (${layer.digest}) could not be unpacked: ${errorText(err)}`, {
-        cause: err,
-      });
+      const what = `layer ${i + 1} (${layer.digest}) could not be unpacked`;
+      // containerd names the files it failed on by their host paths, under its root or a temporary mount.
+      console.error(`faasd: ${what}: ${errorText(err)}`);
+      throw new ImageImportError(`${what}: ${withoutHostPaths(errorText(err))}`, { cause: err });
     }
     if (applied.digest !== diffId) {
       throw new ImageImportError(`layer ${i + 1} unpacks to ${applied.digest}, but the image config says ${diffId}`);
