@@ -183,3 +183,21 @@ Deno.test("a burst of 200 connections to an idle function is answered 200 every 
   assert(await waitUntil(() => p.platform.server.inflight === 0, 30_000), "all removed");
   assertEquals(await leftovers(p.client), NONE);
 });
+
+Deno.test("connections that arrive while containerd restarts wait for it, then are served", async () => {
+  await using ctd = await startContainerd();
+  if (ctd.external) return; // cannot restart a containerd the tests did not start
+  await using p = await startTestPlatform(ctd);
+  const { url } = await deploy(p, "hello", "hello");
+  assertEquals((await curl(url)).status, 200);
+  assert(await waitUntil(() => p.platform.server.ready("hello") === 0, 10_000), "no ready container left");
+  let pending: Promise<Awaited<ReturnType<typeof curl>>[]> | null = null;
+  await ctd.restart(async () => {
+    // containerd is down: starts fail as unavailable; the connections wait in the queue instead of failing.
+    pending = Promise.all(Array.from({ length: 5 }, () => curl(url, { timeoutS: 30 })));
+    await new Promise((r) => setTimeout(r, 1500));
+  });
+  const results = await pending!;
+  assertEquals(results.map((r) => `${r.status} ${r.body}`), Array(5).fill("200 hello from faasd\n"));
+  assertEquals((await (await p.request("GET", "/api/list")).json()).hello.status, "active");
+});
