@@ -160,8 +160,11 @@ export class RequestContainer {
     // Output goes through a FIFO faasd reads, so the log's cap holds while the container writes (logs.ts).
     this.#output = this.#deps.logs.open(fn.name, this.id, `${socketDir(stateDir)}/${this.id}.log`);
     const out = this.#output.path;
-    await containerd.createTask({ containerId: this.id, rootfs, stdout: out, stderr: out });
+    // Counted as created before the call: a connection reset (containerd dying mid-call) can leave the task created,
+    // with its shim and runc init running, although the call failed. Removal must then delete it, and never the
+    // container record before it (a task without its container can no longer be deleted through containerd).
     this.#taskCreated = true;
+    await containerd.createTask({ containerId: this.id, rootfs, stdout: out, stderr: out });
     this.#exited = this.#waitForExit();
     this.#exited.then(() => this.#hasExited = true, () => {});
     this.#ended = this.#exited.then(() => {}, () => {});
@@ -321,17 +324,20 @@ export class RequestContainer {
     const { containerd, snapshotter } = this.#deps;
     // Each step is retried while containerd is restarting; an error containerd itself gives is final.
     const deadline = Date.now() + WAIT_RECONNECT_MS;
-    const step = async (what: string, fn: () => Promise<unknown>) => {
+    /** Runs one step; false when it failed for good (logged). */
+    const step = async (what: string, fn: () => Promise<unknown>): Promise<boolean> => {
       while (true) {
         try {
-          return void await fn();
+          await fn();
+          return true;
         } catch (e) {
-          if (isNotFound(e)) return;
+          if (isNotFound(e)) return true;
           if (Date.now() < deadline && !(await answers(containerd))) {
             await untilContainerdAnswers(containerd, deadline);
             continue;
           }
-          return console.error(`faasd: cleanup of ${this.id}: ${what}: ${(e as Error).message}`);
+          console.error(`faasd: cleanup of ${this.id}: ${what}: ${(e as Error).message}`);
+          return false;
         }
       }
     };
@@ -340,15 +346,18 @@ export class RequestContainer {
       this.#listener.close();
       return Promise.resolve();
     });
+    let taskGone = true;
     if (this.#taskCreated) {
       if (!this.#hasExited) {
         await step("kill task", () => this.kill());
-        await step("wait task", () => this.#exited!);
+        // Without a wait of our own (the create call failed), containerd's word on the exit is asked now.
+        await step("wait task", () => this.#exited ?? containerd.waitTask(this.id));
       }
-      await step("delete task", () => containerd.deleteTask(this.id));
+      taskGone = await step("delete task", () => containerd.deleteTask(this.id));
       await step("close pidfd", () => Promise.resolve(this.#pidfd?.close()));
     }
-    if (this.#created) await step("delete container", () => containerd.deleteContainer(this.id));
+    // A task that could not be deleted keeps its container record, so that the next start's reaping can delete both.
+    if (this.#created && taskGone) await step("delete container", () => containerd.deleteContainer(this.id));
     await step("close output", () => this.#output?.close() ?? Promise.resolve());
     await step("unmount scratch", () => this.#scratch?.remove() ?? Promise.resolve());
     if (this.#lease) {

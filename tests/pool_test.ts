@@ -201,3 +201,21 @@ Deno.test("connections that arrive while containerd restarts wait for it, then a
   assertEquals(results.map((r) => `${r.status} ${r.body}`), Array(5).fill("200 hello from faasd\n"));
   assertEquals((await (await p.request("GET", "/api/list")).json()).hello.status, "active");
 });
+
+Deno.test("containerd restarting while containers start leaves no task, container, shim or mount behind", async () => {
+  await using ctd = await startContainerd();
+  if (ctd.external) return; // cannot restart a containerd the tests did not start
+  await using p = await startTestPlatform(ctd, { flags: ["--queue-timeout", "30s", "--pool-idle", "1s"] });
+  const { url } = await deploy(p, "hello", "hello");
+  const requests = Promise.all(Array.from({ length: 12 }, () => curl(url, { timeoutS: 60 })));
+  // Restart while starts are in flight: some Tasks.Create calls die with the connection.
+  assert(await waitUntil(async () => (await p.client.listContainers()).length > 0, 10_000), "starts began");
+  await ctd.restart();
+  const results = await requests;
+  assert(results.every((r) => r.exit === 0 && [200, 503].includes(r.status)), results.map((r) => r.status).join());
+  assert(await waitUntil(() => p.platform.server.inflight === 0, 30_000), "everything removed");
+  assertEquals(await leftovers(p.client), NONE);
+  const shims = await new Deno.Command("pgrep", { args: ["-f", `containerd-shim.*-namespace ${p.namespace}`] })
+    .output();
+  assertEquals(new TextDecoder().decode(shims.stdout).trim(), "", "no shim of this namespace is left");
+});
