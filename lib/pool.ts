@@ -295,6 +295,11 @@ export class Pools<C extends PoolContainer = PoolContainer> {
     clearInterval(this.#sweep);
     this.#closing.abort();
     for (const name of [...this.#pools.keys()]) this.stop(name);
+    await this.settled();
+  }
+
+  /** Resolves once no start and no removal is in flight (those that begin meanwhile included). */
+  async settled(): Promise<void> {
     while (this.#removals.size || this.#starts.size) await Promise.all([...this.#removals, ...this.#starts]);
   }
 

@@ -325,8 +325,10 @@ export class Server {
     // shutdown forever (what is left is reaped at the next start).
     const pools = this.#pools.close();
     await within(CLEANUP_AFTER_ABORT_MS);
+    // Connections that ended meanwhile released their containers: their removals are awaited too.
     let timer: ReturnType<typeof setTimeout> | undefined;
-    await Promise.race([pools, new Promise((r) => timer = setTimeout(r, CLEANUP_AFTER_ABORT_MS))]);
+    const removed = pools.then(() => this.#pools.settled());
+    await Promise.race([removed, new Promise((r) => timer = setTimeout(r, CLEANUP_AFTER_ABORT_MS))]);
     clearTimeout(timer);
   }
 }

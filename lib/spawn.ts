@@ -353,7 +353,8 @@ export class RequestContainer {
         // Without a wait of our own (the create call failed), containerd's word on the exit is asked now.
         await step("wait task", () => this.#exited ?? containerd.waitTask(this.id));
       }
-      taskGone = await step("delete task", () => containerd.deleteTask(this.id));
+      taskGone = await step("delete task", () => containerd.deleteTask(this.id)) ||
+        await containerd.getTask(this.id).then((t) => t === null, () => false);
       await step("close pidfd", () => Promise.resolve(this.#pidfd?.close()));
     }
     // A task that could not be deleted keeps its container record, so that the next start's reaping can delete both.

@@ -118,7 +118,7 @@ Deno.test("SIGTERM past the grace period kills what still runs, answers 504 and 
     assertEquals(await d.stop("SIGTERM"), 0);
     const r = await pending;
     assertEquals([r.exit, r.status], [0, 504]);
-    assertEquals(await leftovers(client), NONE);
+    assertEquals(await leftovers(client), NONE, d.output());
   } finally {
     client.close();
     await Deno.remove(d.stateDir, { recursive: true });
