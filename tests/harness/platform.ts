@@ -13,6 +13,7 @@ import type { Containerd } from "../../lib/containerd/client.ts";
 import { parseDaemonConfig } from "../../lib/config.ts";
 import { type Platform, startPlatform } from "../../lib/platform.ts";
 import { releaseAddress } from "../../lib/hostaddr.ts";
+import { SocketGuard } from "../../lib/socket_guard.ts";
 
 const ROOT = new URL("../..", import.meta.url).pathname;
 
@@ -97,6 +98,8 @@ export async function startTestPlatform(
     closed ??= (async () => {
       const ips = platform.registry.list().map((f) => f.ip);
       await platform.close();
+      // faasd keeps its guard table when containers may still run; a test leaves none behind.
+      await SocketGuard.removeLeftover(o.namespace);
       if (!c.keepState) {
         for (const ip of ips) await releaseAddress(ip);
         await Deno.remove(o.stateDir, { recursive: true }).catch(() => {});
@@ -239,6 +242,8 @@ export async function startDaemon(ctd: ContainerdInstance, opts: TestPlatformOpt
       if (!status) child.kill(signal);
       const s = await child.status;
       await collected;
+      // faasd keeps its guard table when containers may still run (or when killed); a test leaves none behind.
+      await SocketGuard.removeLeftover(o.namespace);
       return s.code;
     })();
   return {
@@ -250,6 +255,7 @@ export async function startDaemon(ctd: ContainerdInstance, opts: TestPlatformOpt
     /** Stops the daemon and removes its state directory. */
     [Symbol.asyncDispose]: async () => {
       await stop();
+      await SocketGuard.removeLeftover(o.namespace);
       await Deno.remove(o.stateDir, { recursive: true }).catch(() => {});
     },
   };
