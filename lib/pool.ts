@@ -104,8 +104,6 @@ const SWEEP_MS = 1000;
 /** A connection's container, once acquired: release it when the request is decided. */
 export interface Lease<C extends PoolContainer = PoolContainer> {
   readonly container: C;
-  /** Whether the connection had to wait for it. */
-  readonly waited: boolean;
   /** The request is decided: the function serves one fewer, and the container is removed. Idempotent. */
   release(): void;
   /** The container failed before the handoff (its control connection was gone): counts towards the breaker. */
@@ -332,12 +330,12 @@ export class Pools<C extends PoolContainer = PoolContainer> {
       p.serving++;
       const waited = this.#now() - waiter.since;
       this.#events.acquired?.(p.name, waited > 1, waited / 1000);
-      waiter.resolve(this.#lease(p, ready.container, waited > 1));
+      waiter.resolve(this.#lease(p, ready.container));
       this.#readyChanged(p);
     }
   }
 
-  #lease(p: FunctionPool<C>, container: C, waited: boolean): Lease<C> {
+  #lease(p: FunctionPool<C>, container: C): Lease<C> {
     let released = false;
     const release = () => {
       if (released) return;
@@ -349,10 +347,9 @@ export class Pools<C extends PoolContainer = PoolContainer> {
     };
     return {
       container,
-      waited,
       release,
       failed: () => {
-        this.#failed(p, "lost");
+        this.#failed(p);
         release();
       },
     };
@@ -413,7 +410,7 @@ export class Pools<C extends PoolContainer = PoolContainer> {
         // containerd is restarting: waiting connections keep waiting (up to their queue timeout) for the retry.
         setTimeout(() => this.#fill(p), TRANSIENT_RETRY_MS);
         return;
-      } else if (counts) this.#failed(p, outcome);
+      } else if (counts) this.#failed(p);
     } else if (p.stopped || generation !== p.generation || this.#closing.signal.aborted) {
       this.#remove(container); // an image or limits that changed meanwhile: never handed out
     } else {
@@ -438,7 +435,7 @@ export class Pools<C extends PoolContainer = PoolContainer> {
       this.#readyChanged(p);
       this.#events.lost?.(p.name);
       this.#remove(container);
-      this.#failed(p, "lost");
+      this.#failed(p);
       this.#fill(p);
     });
   }
@@ -494,7 +491,7 @@ export class Pools<C extends PoolContainer = PoolContainer> {
     }
   }
 
-  #failed(p: FunctionPool<C>, _why: string): void {
+  #failed(p: FunctionPool<C>): void {
     p.failures++;
     // openUntil stays set once the breaker opened, until a success closes it: after the back-off (half-open), one
     // more failure opens it again, for twice as long.

@@ -229,11 +229,6 @@ export class RequestContainer {
     return this.#ended ?? Promise.reject(new Error("container not started"));
   }
 
-  /** Whether the task is known to have exited. */
-  get hasExited(): boolean {
-    return this.#hasExited;
-  }
-
   /**
    * Waits until the container connects to its control socket, exits, or `timeoutMs` passes.
    */
