@@ -17,6 +17,11 @@ export interface DaemonConfig {
   containerd: string;
   namespace: string;
   runtime: string;
+  /**
+   * `--shim`: containerd's runtime for request containers: `auto` (faasd's shim wrapper, shim/faasd-shim.c, when
+   * built; else the runc v2 shim), `runc-v2`, or the absolute path of a shim binary.
+   */
+  shim: string;
   snapshotter: string;
   maxImageBytes: number;
   connectTimeoutMs: number;
@@ -72,6 +77,8 @@ export interface PoolConfig {
    * given and sized from the host at start by {@linkcode resolveMaxContainers}, as the `auto` totals are.
    */
   maxContainers: number | "auto";
+  /** `--shim-group-size`: containers of one function that share a runc shim process (below 2: a shim each). */
+  shimGroupSize: number;
 }
 
 interface FlagSpec {
@@ -89,6 +96,12 @@ export const FLAGS = {
   "containerd": { env: "FAASD_CONTAINERD", default: "/run/containerd/containerd.sock", help: "containerd socket" },
   "namespace": { env: "FAASD_NAMESPACE", default: "faasd", help: "containerd namespace" },
   "runtime": { env: "FAASD_RUNTIME", default: "runc", help: "OCI runtime binary for the runc v2 shim (runc, crun…)" },
+  "shim": {
+    env: "FAASD_SHIM",
+    default: "auto",
+    help: "containerd shim of request containers: auto (faasd-shim when built, else runc-v2), runc-v2, or the " +
+      "absolute path of a shim binary",
+  },
   "snapshotter": { env: "FAASD_SNAPSHOTTER", default: "overlayfs", help: "containerd snapshotter" },
   "max-image-size": {
     env: "FAASD_MAX_IMAGE_SIZE",
@@ -141,6 +154,12 @@ export const FLAGS = {
     env: "FAASD_HEADER_TIMEOUT",
     default: "10s",
     help: "a connection that sends nothing within this is closed without costing a container",
+  },
+  "shim-group-size": {
+    env: "FAASD_SHIM_GROUP_SIZE",
+    default: "64",
+    help: "containers of one function that share one runc shim process before a fresh shim is started (0 or 1: a " +
+      "shim per container)",
   },
   "max-containers": {
     env: "FAASD_MAX_CONTAINERS",
@@ -359,6 +378,7 @@ export function parseDaemonConfig(
     containerd: get("containerd"),
     namespace: get("namespace"),
     runtime: get("runtime"),
+    shim: parseShim(get("shim")),
     snapshotter: get("snapshotter"),
     maxImageBytes: parseSize(get("max-image-size"), "--max-image-size"),
     connectTimeoutMs: parseDuration(get("connect-timeout"), "--connect-timeout"),
@@ -383,6 +403,7 @@ export function parseDaemonConfig(
       maxQueue: parseCount(get("max-queue"), "--max-queue"),
       headerTimeoutMs: parsePositiveDuration(get("header-timeout"), "--header-timeout"),
       maxContainers: orAuto(get("max-containers"), (t) => parsePositiveInt(t, "--max-containers")),
+      shimGroupSize: parseCount(get("shim-group-size"), "--shim-group-size"),
     },
     totals: {
       memoryBytes: orAuto(get("total-memory"), (t) => parseMemoryLimit(t, "--total-memory")),
@@ -392,4 +413,9 @@ export function parseDaemonConfig(
     seccomp: get("seccomp"),
     socketGuard: parseSocketGuard(get("socket-guard")),
   };
+}
+
+function parseShim(text: string): string {
+  if (text === "auto" || text === "runc-v2" || text.startsWith("/")) return text;
+  throw new TypeError(`invalid --shim ${JSON.stringify(text)}: expected auto, runc-v2 or an absolute path`);
 }

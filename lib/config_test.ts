@@ -32,6 +32,7 @@ Deno.test("parseDaemonConfig() uses the documented defaults", () => {
     queueTimeoutMs: 10_000,
     maxQueue: 256,
     headerTimeoutMs: 10_000,
+    shimGroupSize: 64,
     maxContainers: "auto",
   });
 });
@@ -51,6 +52,8 @@ Deno.test("parseDaemonConfig() reads the pool's flags and env, and --pool-max bo
     "2s",
     "--max-containers",
     "100",
+    "--shim-group-size",
+    "0",
   ], (n) => env[n]);
   if (c === "help") throw new Error("unexpected help");
   assertEquals(c.pool, {
@@ -62,6 +65,7 @@ Deno.test("parseDaemonConfig() reads the pool's flags and env, and --pool-max bo
     maxQueue: 0,
     headerTimeoutMs: 2000,
     maxContainers: 100,
+    shimGroupSize: 0,
   });
   assertEquals(c.limits.poolMax, 10);
   const none = parseDaemonConfig(["--pool-max", "0"], () => undefined);

@@ -6,7 +6,8 @@
  */
 
 import type { Containerd } from "./containerd/client.ts";
-import { IMPORT_LEASE_FILTER, importImage, LABEL_FUNCTION, removeImage } from "./images/import.ts";
+import { IMPORT_LEASE_FILTERS, importImage, removeImage } from "./images/import.ts";
+import { labelFilters } from "./labels.ts";
 import type { ImageStore } from "./functions.ts";
 
 /** Builds the containerd-backed {@linkcode ImageStore}. */
@@ -44,12 +45,12 @@ export function containerdImageStore(
  */
 export async function reapImages(containerd: Containerd, keep: readonly string[]): Promise<number> {
   let reaped = 0;
-  for (const image of await containerd.listImages(`labels."${LABEL_FUNCTION}"`)) {
+  for (const image of await containerd.listImages(...labelFilters("function"))) {
     if (keep.includes(image.name)) continue;
     await removeImage(containerd, image.name);
     reaped++;
   }
-  for (const lease of await containerd.listLeases(IMPORT_LEASE_FILTER)) {
+  for (const lease of await containerd.listLeases(...IMPORT_LEASE_FILTERS)) {
     await containerd.deleteLease(lease.id, { sync: true });
     reaped++;
   }

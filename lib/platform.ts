@@ -19,6 +19,7 @@ import { Server } from "./serve.ts";
 import { reapLeftovers, socketDir } from "./spawn.ts";
 import { CAPABILITIES, hasSwapAccounting } from "./spec.ts";
 import { loadSeccompProfile } from "./seccomp.ts";
+import { resolveShim, RUNC_V2 } from "./shim.ts";
 import { GUARD_MARK, SocketGuard } from "./socket_guard.ts";
 import { autoTotals, ParentCgroup } from "./cgroups.ts";
 import { reapScratch } from "./scratch.ts";
@@ -105,6 +106,11 @@ export async function startPlatform(config: DaemonConfig, log: (message: string)
       await SocketGuard.removeLeftover(config.namespace);
       log("socket guard off (--socket-guard off): a handler can reconnect its socket to any host address");
     }
+    const shim = await resolveShim(config.shim);
+    const unbuilt = config.shim === "auto" && shim === RUNC_V2
+      ? " (faasd-shim is not built: tools/setup.sh builds it)"
+      : "";
+    log(`containers run under the shim ${shim}${unbuilt}`);
     const totals = autoTotals(config.totals);
     // A container's CPU quota may not pass its parent's (cgroup v1 refuses it): the total caps the per-container limit.
     const limits = { ...config.limits, cpus: capCpus(config.limits.cpus, totals.cpus) };
@@ -119,6 +125,7 @@ export async function startPlatform(config: DaemonConfig, log: (message: string)
       stateDir,
       snapshotter: config.snapshotter,
       runtime: config.runtime,
+      shim,
       logs,
       limits,
       swapAccounting: await hasSwapAccounting(),

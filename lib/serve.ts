@@ -17,8 +17,11 @@ import { Listeners } from "./listen.ts";
 import type { Metrics } from "./metrics.ts";
 import { type Lease, type PoolContainer, type PoolOptions, Pools, PoolUnavailableError, type Sizing } from "./pool.ts";
 import type { FunctionRecord } from "./registry.ts";
+import { ShimGroups } from "./shim_groups.ts";
 import { RequestContainer, type SpawnDeps } from "./spawn.ts";
 
+/** How long a function's shim group outlives its last container, for the next one. */
+const SHIM_GROUP_LINGER_MS = 1000;
 /** How long shutdown waits for the cleanup of killed requests. */
 const CLEANUP_AFTER_ABORT_MS = 15_000;
 /** How long to wait for the client's end of stream after closing ours. */
@@ -47,8 +50,11 @@ export interface ServedContainer extends PoolContainer {
 export interface ServerDeps extends SpawnDeps {
   metrics: Metrics;
   port: number;
-  /** The pool's bounds and timings; `maxConcurrency` counts connections being served per function. */
-  pool: PoolOptions & { headerTimeoutMs: number };
+  /**
+   * The pool's bounds and timings; `maxConcurrency` counts connections being served per function; `shimGroupSize`
+   * containers of a function share a runc shim (shim_groups.ts).
+   */
+  pool: PoolOptions & { headerTimeoutMs: number; shimGroupSize: number };
   /** A function's pool sizing, from its settings. */
   sizing: (record: FunctionRecord) => Sizing;
   /** The mark set on every accepted socket before it is handed over (see socket_guard.ts); null: none. */
@@ -103,6 +109,7 @@ export class Server {
   readonly #deps: ServerDeps;
   readonly #listeners: Listeners;
   readonly #pools: Pools<ServedContainer>;
+  readonly #shims: ShimGroups<RequestContainer>;
   /** Connections in progress (accepted, not yet closed). */
   readonly #tasks = new Set<Promise<void>>();
   readonly #shutdown = new AbortController();
@@ -110,7 +117,11 @@ export class Server {
   constructor(deps: ServerDeps) {
     this.#deps = deps;
     this.#listeners = new Listeners(deps.poller, (name, conn) => this.#track(this.#handle(name, conn)));
-    const start = deps.start ?? ((record, signal) => RequestContainer.start(deps, record, signal));
+    this.#shims = new ShimGroups((record, options) => RequestContainer.start(deps, record, options), {
+      size: deps.pool.shimGroupSize,
+      lingerMs: SHIM_GROUP_LINGER_MS,
+    });
+    const start = deps.start ?? ((record, signal) => this.#shims.start(record, signal));
     const { metrics } = deps;
     this.#pools = new Pools(start, { ...deps.pool, transient: isUnavailable }, {
       started: (fn, outcome, seconds) => {
@@ -127,9 +138,12 @@ export class Server {
     });
   }
 
-  /** Connections in progress plus containers that still exist: 0 once everything is served and removed. */
+  /**
+   * Connections in progress plus containers that still exist (shim group anchors included): 0 once everything is
+   * served and removed.
+   */
   get inflight(): number {
-    return this.#tasks.size + this.#pools.containers;
+    return this.#tasks.size + this.#pools.containers + this.#shims.size;
   }
 
   /** Request containers that exist now (starting, ready, serving or being removed). */
@@ -181,6 +195,7 @@ export class Server {
   stop(name: string): void {
     this.#listeners.remove(name);
     this.#pools.stop(name);
+    this.#shims.retire(name);
   }
 
   #track(task: Promise<void>): void {
@@ -327,7 +342,7 @@ export class Server {
     await within(CLEANUP_AFTER_ABORT_MS);
     // Connections that ended meanwhile released their containers: their removals are awaited too.
     let timer: ReturnType<typeof setTimeout> | undefined;
-    const removed = pools.then(() => this.#pools.settled());
+    const removed = pools.then(() => this.#pools.settled()).then(() => this.#shims.close());
     await Promise.race([removed, new Promise((r) => timer = setTimeout(r, CLEANUP_AFTER_ABORT_MS))]);
     clearTimeout(timer);
   }

@@ -4,7 +4,7 @@
  * client's socket handed over with `SCM_RIGHTS`. Preparing a container (up to its connection on the control socket)
  * and handing it a connection are separate steps: the pool (pool.ts) prepares them ahead of demand.
  *
- * Every container, snapshot and lease carries the labels in {@link OWNED_LABELS}; {@link reapLeftovers} finds and
+ * Every container, snapshot and lease carries the labels in {@link OWNED_LABELS} (keys: labels.ts); {@link reapLeftovers} finds and
  * removes what a crashed faasd left behind.
  *
  * @module
@@ -24,13 +24,23 @@ import { effectiveLimits } from "./settings.ts";
 import { Scratch, writableRootfs } from "./scratch.ts";
 import type { ContainerOutput, Logs } from "./logs.ts";
 import { randomHex } from "./random.ts";
+import { LABELS } from "./labels.ts";
 
-/** Label key marking everything faasd creates per request; its value is the kind of object. */
-export const KIND_LABEL = "io.faasd.kind";
-/** Label key holding the function a request container serves. */
-export const FUNCTION_LABEL = "io.faasd.function";
 /** Labels on every per-request container, snapshot and lease. */
-export const OWNED_LABELS = { [KIND_LABEL]: "request" } as const;
+export const OWNED_LABELS = { [LABELS.kind]: "request" } as const;
+
+/** How one container is started. */
+export interface StartOptions {
+  signal?: AbortSignal;
+  /** The runc shim group the task joins (annotation `io.containerd.runc.v2.group`); absent: a shim of its own. */
+  shimGroup?: string;
+  /** Settles when the task may be created (its shim group's anchor holds the shim); a rejection fails the start. */
+  taskAfter?: Promise<unknown>;
+  /** Create the task but never start it: the anchor that keeps a shim group's shim alive (shim_groups.ts). */
+  anchor?: boolean;
+  /** Called once the container is removed (also after a failed start). */
+  onRemoved?: () => void;
+}
 
 /** What spawning needs, handed in by the composition root. */
 export interface SpawnDeps {
@@ -40,6 +50,8 @@ export interface SpawnDeps {
   snapshotter: string;
   /** OCI runtime binary used by the runc v2 shim. */
   runtime: string;
+  /** containerd's runtime name of the shim (shim.ts): the runc v2 shim, or the path of faasd's. */
+  shim: string;
   /** Where container output goes (through a FIFO per container, read by faasd). */
   logs: Logs;
   /** What each container may use, unless its function's settings lower it. */
@@ -86,7 +98,13 @@ export class RequestContainer {
   #ended: Promise<void> | null = null;
   #pidfd: PidFd | null = null;
   #hasExited = false;
+  /**
+   * The kernel reported the container's init gone (its pidfd): the rest of its pid namespace went with it, so there is
+   * nothing to kill (a `runc kill` costs a process start), although containerd may not have reported the exit yet.
+   */
+  #initGone = false;
   #removed: Promise<void> | null = null;
+  #onRemoved: (() => void) | null = null;
 
   private constructor(deps: SpawnDeps, fn: string, id: string, listener: UnixListener) {
     this.#deps = deps;
@@ -101,14 +119,15 @@ export class RequestContainer {
    * @throws {TypeError} when the function has no image or the image cannot be run (no command, named user).
    * @throws {ContainerdError} when containerd refuses a step.
    */
-  static async start(deps: SpawnDeps, fn: FunctionRecord, signal?: AbortSignal): Promise<RequestContainer> {
+  static async start(deps: SpawnDeps, fn: FunctionRecord, options: StartOptions = {}): Promise<RequestContainer> {
     if (!fn.image) throw new TypeError(`function ${fn.name} has no image deployed`);
-    signal?.throwIfAborted();
+    options.signal?.throwIfAborted();
     const id = `faasd-${randomHex(10)}`;
     const listener = UnixListener.bind(`${socketDir(deps.stateDir)}/${id}.sock`);
     const c = new RequestContainer(deps, fn.name, id, listener);
+    c.#onRemoved = options.onRemoved ?? null;
     try {
-      await c.#create(fn);
+      await c.#create(fn, options);
       return c;
     } catch (e) {
       await c.remove();
@@ -116,10 +135,14 @@ export class RequestContainer {
     }
   }
 
-  async #create(fn: FunctionRecord): Promise<void> {
+  async #create(fn: FunctionRecord, options: StartOptions): Promise<void> {
     const { containerd, snapshotter, runtime, stateDir } = this.#deps;
     const image = fn.image!;
-    const labels = { ...OWNED_LABELS, [FUNCTION_LABEL]: fn.name };
+    const labels: Record<string, string> = {
+      ...OWNED_LABELS,
+      [LABELS.function]: fn.name,
+      ...(options.anchor ? { [LABELS.role]: "shim-anchor" } : {}),
+    };
     const limits = effectiveLimits(fn.settings, this.#deps.limits);
     const scratchBytes = this.#deps.limits.scratchBytes;
     const spec = buildSpec({
@@ -130,6 +153,7 @@ export class RequestContainer {
       limits: { ...limits, scratchBytes, swapAccounting: this.#deps.swapAccounting },
       rootfs: limits.rootfs,
       seccomp: this.#deps.seccomp,
+      shimGroup: options.shimGroup,
     });
     const writable = limits.rootfs === "writable";
     this.timeoutMs = limits.timeoutMs;
@@ -151,7 +175,7 @@ export class RequestContainer {
         spec,
         snapshotter,
         snapshotKey: this.id,
-        runtime: { name: "io.containerd.runc.v2", binaryName: runtime },
+        runtime: { name: this.#deps.shim, binaryName: runtime },
       }, { lease }),
     ]);
     this.#created = created.status === "fulfilled";
@@ -163,11 +187,14 @@ export class RequestContainer {
     // Counted as created before the call: a connection reset (containerd dying mid-call) can leave the task created,
     // with its shim and runc init running, although the call failed. Removal must then delete it, and never the
     // container record before it (a task without its container can no longer be deleted through containerd).
+    // A shim group's members join its shim only once its anchor holds it (shim_groups.ts).
+    await options.taskAfter;
     this.#taskCreated = true;
     await containerd.createTask({ containerId: this.id, rootfs, stdout: out, stderr: out });
     this.#exited = this.#waitForExit();
     this.#exited.then(() => this.#hasExited = true, () => {});
     this.#ended = this.#exited.then(() => {}, () => {});
+    if (options.anchor) return; // created, never started: runc's init waits, holding the shim, and runs nothing
     const pid = await containerd.startTask(this.id);
     this.#ended = this.#watchExit(pid);
   }
@@ -216,7 +243,8 @@ export class RequestContainer {
     if (!pidfd) return await exited;
     this.#pidfd = pidfd;
     const done = new AbortController();
-    const seen = this.#deps.poller.wait(pidfd.fd, "read", { signal: done.signal }).then(() => {}, () => {});
+    const seen = this.#deps.poller.wait(pidfd.fd, "read", { signal: done.signal })
+      .then((r) => r === "ready" && (this.#initGone = true), () => {});
     try {
       await Promise.race([exited, seen]);
     } finally {
@@ -299,7 +327,7 @@ export class RequestContainer {
 
   /** Kills the container's processes (SIGKILL); harmless when already gone. */
   async kill(): Promise<void> {
-    if (!this.#taskCreated || this.#hasExited) return;
+    if (!this.#taskCreated || this.#hasExited || this.#initGone) return;
     try {
       await this.#deps.containerd.killTask(this.id, 9, { all: true });
     } catch (e) {
@@ -312,7 +340,7 @@ export class RequestContainer {
    * that one broken step does not keep the others from running.
    */
   remove(): Promise<void> {
-    return this.#removed ??= this.#remove();
+    return this.#removed ??= this.#remove().finally(() => this.#onRemoved?.());
   }
 
   async #remove(): Promise<void> {
@@ -367,15 +395,16 @@ export class RequestContainer {
  * Removes every per-request container, task, snapshot, lease and control socket found in containerd's namespace
  * and the state directory: what a previous faasd run left when it died mid-request. Call before serving.
  *
- * @returns how many containers were reaped.
+ * @returns how many request containers were reaped (shim group anchors, reaped too, are not counted).
  */
 export async function reapLeftovers(deps: Pick<SpawnDeps, "containerd" | "stateDir" | "snapshotter">): Promise<number> {
   const { containerd, snapshotter } = deps;
-  const filter = `labels."${KIND_LABEL}"==request`;
+  const filter = `labels."${LABELS.kind}"==request`;
   const swallow = (e: unknown) => {
     if (!isNotFound(e)) console.error(`faasd: reaping: ${(e as Error).message}`);
   };
   const containers = await containerd.listContainers(filter);
+  const anchors = containers.filter((c) => c.labels[LABELS.role] === "shim-anchor").length;
   for (const c of containers) {
     await containerd.killTask(c.id, 9, { all: true }).catch(() => {});
     await containerd.deleteTask(c.id).catch(async () => {
@@ -396,5 +425,5 @@ export async function reapLeftovers(deps: Pick<SpawnDeps, "containerd" | "stateD
   for await (const entry of Deno.readDir(dir)) {
     if (/\.(sock|log)$/.test(entry.name)) await Deno.remove(`${dir}/${entry.name}`).catch(() => {});
   }
-  return containers.length;
+  return containers.length - anchors;
 }

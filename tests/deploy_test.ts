@@ -8,7 +8,8 @@ import { assert, assertEquals, assertMatch, assertStringIncludes } from "./asser
 import { startContainerd } from "./harness/containerd.ts";
 import { buildHandlerImage } from "./harness/images.ts";
 import { leftovers, NONE, startTestPlatform, type TestPlatform } from "./harness/platform.ts";
-import { importImage, LABEL_LEASE } from "../lib/images/import.ts";
+import { importImage } from "../lib/images/import.ts";
+import { LABELS, LEGACY_LABELS } from "../lib/labels.ts";
 import { curl } from "./curl.ts";
 import tar from "tar-stream";
 
@@ -225,8 +226,16 @@ Deno.test("the registry survives a restart of the platform, which reaps orphaned
     maxBytes: 1 << 30,
   });
   // And as if one died midway through an import: its lease is still there.
-  await p.client.createLease({ labels: { [LABEL_LEASE]: "import" } });
-  assertEquals((await p.client.listImages()).length, 2);
+  await p.client.createLease({ labels: { [LABELS.lease]: "import" } });
+  // And what a faasd from before the labels module left: its image and import labels were named `faasd.*`.
+  const legacy = await importImage(p.client, await fileBody(await buildHandlerImage("hello")), {
+    name: "legacy",
+    maxBytes: 1 << 30,
+  });
+  const record = (await p.client.getImage(legacy.containerdName))!;
+  await p.client.updateImage({ ...record, labels: { [LEGACY_LABELS.function]: "legacy" } });
+  await p.client.createLease({ labels: { [LEGACY_LABELS.lease]: "import" } });
+  assertEquals((await p.client.listImages()).length, 3);
   await using again = await startTestPlatform(ctd, { stateDir: p.stateDir, namespace: p.namespace, pool: p.pool });
   assertEquals(await (await again.request("GET", "/api/ip/keep")).json(), { name: "keep", ip: r.json.ip });
   const images = (await again.client.listImages()).map((i) => i.name);

@@ -14,11 +14,11 @@ import {
   ImageImportError,
   ImageTooLargeError,
   importImage,
-  LABEL_FUNCTION,
   MAX_LAYERS,
   removeImage,
   TooManyLayersError,
 } from "../lib/images/import.ts";
+import { LABELS } from "../lib/labels.ts";
 import { statusOf } from "../lib/api/http.ts";
 import { chainIds, sha256Digest } from "../lib/images/digest.ts";
 import { concatBytes } from "../lib/bytes.ts";
@@ -146,7 +146,7 @@ async function assertImported(
   const record = await c.getImage(imported.containerdName);
   assert(record, "image record exists");
   assertEquals(record.target.digest, imported.manifestDigest);
-  assertEquals(record.labels[LABEL_FUNCTION], name);
+  assertEquals(record.labels[LABELS.function], name);
   const config = await c.contentInfo(imported.configDigest);
   assertEquals(config?.labels["containerd.io/gc.ref.snapshot.overlayfs"], imported.chainId);
   const manifest = await c.contentInfo(imported.manifestDigest);

@@ -8,8 +8,9 @@
 import { assert, assertEquals, assertStringIncludes } from "./assert.ts";
 import { startContainerd } from "./harness/containerd.ts";
 import { buildHandlerImage, type HandlerImageOptions } from "./harness/images.ts";
-import { leftovers, NONE, startTestPlatform, type TestPlatform } from "./harness/platform.ts";
+import { leftovers, NONE, openFds, startTestPlatform, type TestPlatform } from "./harness/platform.ts";
 import { curl } from "./curl.ts";
+import { LABELS } from "../lib/labels.ts";
 
 async function deploy(
   p: TestPlatform,
@@ -81,7 +82,7 @@ Deno.test("a ready container killed from outside is replaced and never handed a 
   await using p = await startTestPlatform(ctd);
   const { url } = await deploy(p, "hello", "hello", {}, "?min_ready=1&max_ready=1");
   assert(await waitUntil(() => p.platform.server.ready("hello") === 1), "1 ready");
-  const [victim] = await p.client.listTasks();
+  const [victim] = (await p.client.listTasks()).filter((t) => t.status === "running");
   await p.client.killTask(victim!.containerId, 9);
   assert(
     await waitUntil(async () =>
@@ -218,4 +219,112 @@ Deno.test("containerd restarting while containers start leaves no task, containe
   const shims = await new Deno.Command("pgrep", { args: ["-f", `containerd-shim.*-namespace ${p.namespace}`] })
     .output();
   assertEquals(new TextDecoder().decode(shims.stdout).trim(), "", "no shim of this namespace is left");
+});
+
+/** Shim processes serving `namespace` (each runc v2 shim names its namespace on its command line). */
+async function shimPids(namespace: string): Promise<number[]> {
+  const out = await new Deno.Command("pgrep", { args: ["-f", `containerd-shim-runc-v2 -namespace ${namespace} `] })
+    .output();
+  return new TextDecoder().decode(out.stdout).split("\n").filter(Boolean).map(Number);
+}
+
+Deno.test("a function's containers share one shim, which goes when the function goes idle", async () => {
+  await using ctd = await startContainerd();
+  await using p = await startTestPlatform(ctd, { flags: ["--pool-idle", "1s"] });
+  const { url } = await deploy(p, "hello", "hello", {}, "?min_ready=3&max_ready=3");
+  assert(await waitUntil(() => p.platform.server.ready("hello") === 3), "3 ready");
+  assertEquals((await shimPids(p.namespace)).length, 1, "one shim for 3 ready containers and their anchor");
+  const anchors = await p.client.listContainers(`labels."${LABELS.role}"==shim-anchor`);
+  assertEquals(anchors.length, 1);
+  assertEquals((await p.client.getTask(anchors[0]!.id))?.status, "created", "the anchor never runs the function");
+  for (let i = 0; i < 5; i++) assertEquals((await curl(url)).status, 200);
+  assertEquals((await shimPids(p.namespace)).length, 1, "still one shim");
+
+  const res = await p.request("PATCH", "/api/functions/hello", { body: JSON.stringify({ min_ready: 0 }) });
+  assertEquals(res.status, 200);
+  assert(await waitUntil(() => p.platform.server.inflight === 0), "drained, anchor included");
+  assertEquals(await leftovers(p.client), NONE);
+  assert(await waitUntil(async () => (await shimPids(p.namespace)).length === 0, 5000), "the shim exited");
+});
+
+Deno.test("a shared shim killed from outside: its containers are replaced and the function keeps answering", async () => {
+  await using ctd = await startContainerd();
+  await using p = await startTestPlatform(ctd);
+  const { url } = await deploy(p, "hello", "hello", {}, "?min_ready=2&max_ready=2");
+  assert(await waitUntil(() => p.platform.server.ready("hello") === 2), "2 ready");
+  const [shim] = await shimPids(p.namespace);
+  Deno.kill(shim!, "SIGKILL");
+  assert(
+    await waitUntil(async () => {
+      const pids = await shimPids(p.namespace);
+      return p.platform.server.ready("hello") === 2 && pids.length === 1 && pids[0] !== shim;
+    }),
+    "2 ready again, under a fresh shim",
+  );
+  for (let i = 0; i < 3; i++) {
+    const r = await curl(url);
+    assertEquals([r.exit, r.status, r.body], [0, 200, "hello from faasd\n"]);
+  }
+  const res = await p.request("PATCH", "/api/functions/hello", { body: JSON.stringify({ min_ready: 0 }) });
+  assertEquals(res.status, 200);
+  assert(await waitUntil(() => p.platform.server.inflight === 0), "drained");
+  assertEquals(await leftovers(p.client), NONE);
+});
+
+/** Requests of the soak test below: `FAASD_SOAK_REQUESTS` (the issue asks for 2,000; CI runs fewer to stay brief). */
+const SOAK_REQUESTS = Number(Deno.env.get("FAASD_SOAK_REQUESTS") ?? "300");
+
+/** Mount points that name `needle` (a namespace's task rootfs, a state directory's scratch). */
+async function mountsNaming(needle: string): Promise<string[]> {
+  return (await Deno.readTextFile("/proc/self/mountinfo")).split("\n").filter((l) => l.includes(needle));
+}
+
+/** Container-level cgroups left under `<root>/<namespace>/<fn>` in every hierarchy. */
+function containerCgroups(namespace: string, fn: string): string[] {
+  const left: string[] = [];
+  const roots = [...Deno.readDirSync("/sys/fs/cgroup")].filter((e) => e.isDirectory).map((e) => e.name);
+  for (const dir of ["", ...roots].map((r) => `/sys/fs/cgroup/${r}/${namespace}/${fn}`.replace("//", "/"))) {
+    try {
+      for (const e of Deno.readDirSync(dir)) if (e.isDirectory) left.push(`${dir}/${e.name}`);
+    } catch { /* no such level in this hierarchy */ }
+  }
+  return left;
+}
+
+Deno.test(`${SOAK_REQUESTS} requests leave no task, container, snapshot, lease, shim, mount, cgroup, socket or fd`, async () => {
+  await using ctd = await startContainerd();
+  await using p = await startTestPlatform(ctd, { flags: ["--pool-idle", "1s", "--queue-timeout", "120s"] });
+  const { url } = await deploy(p, "hello", "hello");
+  const idle = async () => {
+    assert(await waitUntil(() => p.platform.server.inflight === 0, 60_000), "everything served and removed");
+    assert(await waitUntil(async () => (await shimPids(p.namespace)).length === 0, 10_000), "no shim left");
+  };
+  // A few requests first, so that what faasd opens once (connections, the function's log) is in the baseline.
+  for (let i = 0; i < 3; i++) assertEquals((await curl(url)).status, 200);
+  await idle();
+  assertEquals(await leftovers(p.client), NONE); // also opens the test's own containerd connection before the baseline
+  const fds = openFds();
+
+  let next = 0;
+  const failures: string[] = [];
+  await Promise.all(Array.from({ length: 8 }, async () => {
+    while (next < SOAK_REQUESTS) {
+      next++;
+      const r = await curl(url, { timeoutS: 120 });
+      if (r.exit !== 0 || r.status !== 200 || r.body !== "hello from faasd\n") {
+        failures.push(`${r.exit} ${r.status} ${r.body}`);
+      }
+    }
+  }));
+  assertEquals(failures, []);
+  await idle();
+  assertEquals(await leftovers(p.client), NONE);
+  // Compared as what is open, not under which number: a containerd connection that was reopened is not a leak.
+  const kinds = (list: string[]) => list.map((f) => f.replace(/^\d+ -> /, "").replace(/socket:\[\d+\] /, "")).sort();
+  assertEquals(kinds(openFds()), kinds(fds), "faasd's descriptors are back to what they were");
+  assertEquals(await mountsNaming(p.namespace), [], "no task rootfs mounted");
+  assertEquals(await mountsNaming(p.stateDir), [], "no scratch or image mount");
+  assertEquals(containerCgroups(p.namespace, "hello"), [], "no container cgroup");
+  const run = [...Deno.readDirSync(`${p.stateDir}/run`)].map((e) => e.name).filter((n) => /\.(sock|log)$/.test(n));
+  assertEquals(run, [], "no control socket or output FIFO");
 });

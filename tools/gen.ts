@@ -1,5 +1,6 @@
 /**
- * `deno task gen`: generates the containerd client code into `proto/gen/`.
+ * `deno task gen`: generates the containerd client code into `proto/gen/`, and builds faasd's shim
+ * (`shim/faasd-shim.c`, with gcc, static) into `.tools/bin/faasd-shim`.
  *
  * containerd's `.proto` files are not kept in this repository: they are staged from Debian's
  * `golang-github-containerd-containerd-dev` (the same version as the daemon) and `gogoproto/gogo.proto` from
@@ -63,6 +64,7 @@ async function main(): Promise<void> {
   const newest = Math.max(
     ...(await Promise.all([...wanted, `${root}proto/buf.gen.yaml`, import.meta.filename!].map(mtime))),
   );
+  await buildShim();
   if (await mtime(stamp) > newest) return;
 
   const stage = await Deno.makeTempDir({ prefix: "faasd-proto-" });
@@ -91,6 +93,16 @@ async function main(): Promise<void> {
   } finally {
     await Deno.remove(stage, { recursive: true });
   }
+}
+
+/** Builds faasd's shim unless the binary is newer than its source. */
+async function buildShim(): Promise<void> {
+  const source = `${root}shim/faasd-shim.c`;
+  const binary = `${root}.tools/bin/faasd-shim`;
+  if (await mtime(binary) > await mtime(source)) return;
+  await Deno.mkdir(`${root}.tools/bin`, { recursive: true });
+  await run("gcc", ["-static", "-O2", "-Wall", "-Wextra", "-Werror", "-o", `${binary}.tmp`, source]);
+  await Deno.rename(`${binary}.tmp`, binary);
 }
 
 if (import.meta.main) await main();

@@ -425,7 +425,7 @@ export class Containerd {
     await call("Content.Delete", () => this.#content.delete({ digest }));
   }
 
-  /** Committed blobs, optionally filtered (e.g. `labels."faasd.function"==hello`). */
+  /** Committed blobs, optionally filtered (e.g. `labels."io.faasd.function"==hello`). */
   async listContent(...filters: string[]): Promise<ContentInfo[]> {
     const out: ContentInfo[] = [];
     await call("Content.List", async () => {
@@ -592,7 +592,7 @@ export class Containerd {
     await call("Snapshots.Remove", () => this.#snapshots.remove({ snapshotter, key }));
   }
 
-  /** Snapshots of a snapshotter, optionally filtered (e.g. `labels."faasd.function"==hello`). */
+  /** Snapshots of a snapshotter, optionally filtered (e.g. `labels."io.faasd.function"==hello`). */
   async listSnapshots(snapshotter: string, ...filters: string[]): Promise<SnapshotInfo[]> {
     const out: SnapshotInfo[] = [];
     await call("Snapshots.List", async () => {
@@ -673,7 +673,7 @@ export class Containerd {
     await call("Containers.Delete", () => this.#containers.delete({ id }));
   }
 
-  /** Container records, optionally filtered (e.g. `labels."faasd.function"==hello`). */
+  /** Container records, optionally filtered (e.g. `labels."io.faasd.function"==hello`). */
   async listContainers(...filters: string[]): Promise<ContainerInfo[]> {
     const res = await call("Containers.List", () => this.#containers.list({ filters }));
     return res.containers.map(toContainerInfo);

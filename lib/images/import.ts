@@ -26,20 +26,13 @@ import type { DeployedProcess } from "../spec.ts";
 import { unpackLayers } from "./unpack.ts";
 import { resolveImageUser } from "./user.ts";
 import { randomHex } from "../random.ts";
+import { labelFilters, LABELS } from "../labels.ts";
 
 export { ImageImportError, type ImageImportErrorKind, ImageTooLargeError, TooManyLayersError } from "./errors.ts";
 export type { ProcessConfig } from "./manifest.ts";
 
-/** Label on everything faasd creates in containerd. */
-export const LABEL_MANAGED = "faasd.managed";
-/** Label naming the function an image record or import lease belongs to. */
-export const LABEL_FUNCTION = "faasd.function";
-/** Label telling what a lease of faasd is for; `import` for an import's lease. */
-export const LABEL_LEASE = "faasd.lease";
-/** Label on the image record: the reference the tarball gave the image. */
-export const LABEL_IMAGE_REF = "faasd.image-ref";
-/** containerd filter selecting import leases (for reaping the leftovers of a crash). */
-export const IMPORT_LEASE_FILTER = `labels."${LABEL_LEASE}"==import`;
+/** containerd filters selecting import leases, of this version or an earlier one (for reaping a crash's leftovers). */
+export const IMPORT_LEASE_FILTERS: readonly string[] = labelFilters("lease", "import");
 
 /**
  * An import lease expires by itself after this long, should faasd die holding it (the next start reaps it sooner).
@@ -128,7 +121,7 @@ export async function importImage(
   try {
     lease = await client.createLease({
       id: `faasd-import-${name}-${id}`,
-      labels: { [LABEL_MANAGED]: "true", [LABEL_LEASE]: "import", [LABEL_FUNCTION]: name },
+      labels: { [LABELS.managed]: "true", [LABELS.lease]: "import", [LABELS.function]: name },
       expireAfterSeconds: LEASE_EXPIRY_SECONDS,
     });
   } catch (err) {
@@ -147,7 +140,7 @@ export async function importImage(
     const image = await resolveImage(client, contents, {
       lease,
       ref: `${refPrefix}-manifest`,
-      labels: { [LABEL_MANAGED]: "true" },
+      labels: { [LABELS.managed]: "true" },
       maxLayers,
     });
     checkRunnable(image.process);
@@ -156,7 +149,7 @@ export async function importImage(
       snapshotter,
       lease,
       keyPrefix: `faasd-extract-${id}`,
-      labels: { [LABEL_MANAGED]: "true" },
+      labels: { [LABELS.managed]: "true" },
     });
     // The config's snapshot reference is what keeps the unpacked snapshots once the lease is gone.
     await client.updateContentLabels(image.config.digest, {
@@ -179,7 +172,7 @@ export async function importImage(
     const record = {
       name: containerdImageName(name, image.manifest.digest),
       target: image.manifest,
-      labels: { ...options.labels, [LABEL_MANAGED]: "true", [LABEL_FUNCTION]: name, [LABEL_IMAGE_REF]: imageRef },
+      labels: { ...options.labels, [LABELS.managed]: "true", [LABELS.function]: name, [LABELS.imageRef]: imageRef },
     };
     try {
       await client.createImage(record);

@@ -140,17 +140,40 @@ export async function leftovers(client: Containerd, snapshotter = "overlayfs"): 
 /** No leftovers at all. */
 export const NONE: Leftovers = { containers: [], tasks: [], activeSnapshots: [], leases: [], ingests: [] };
 
-/** This process's open file descriptors, as `fd -> target`, so that a leak names what leaked. */
+/**
+ * This process's open file descriptors, as `fd -> target`, so that a leak names what leaked: a socket is named by
+ * its Unix path or its TCP addresses where the kernel tells them.
+ */
 export function openFds(): string[] {
+  const sockets = socketNames();
   const out: string[] = [];
   for (const e of Deno.readDirSync("/proc/self/fd")) {
     try {
-      out.push(`${e.name} -> ${Deno.readLinkSync(`/proc/self/fd/${e.name}`)}`);
+      const target = Deno.readLinkSync(`/proc/self/fd/${e.name}`);
+      const inode = /^socket:\[(\d+)\]$/.exec(target)?.[1];
+      out.push(`${e.name} -> ${target}${inode && sockets.has(inode) ? ` ${sockets.get(inode)}` : ""}`);
     } catch {
       // the fd used by readDirSync itself, closed by now
     }
   }
   return out.sort();
+}
+
+/** Socket inode → a name: the Unix path, or `tcp local -> remote` (hex, as /proc/net/tcp has them). */
+function socketNames(): Map<string, string> {
+  const names = new Map<string, string>();
+  const read = (path: string) => Deno.readTextFileSync(path).split("\n").slice(1).filter(Boolean);
+  try {
+    for (const line of read("/proc/net/unix")) {
+      const f = line.trim().split(/\s+/);
+      if (f[6]) names.set(f[6], `unix ${f[7] ?? "(unnamed)"}`);
+    }
+    for (const line of [...read("/proc/net/tcp"), ...read("/proc/net/tcp6")]) {
+      const f = line.trim().split(/\s+/);
+      if (f[9]) names.set(f[9], `tcp ${f[1]} -> ${f[2]}`);
+    }
+  } catch { /* no /proc/net here */ }
+  return names;
 }
 
 /** The real daemon as a child process. */

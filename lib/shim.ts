@@ -1,0 +1,28 @@
+/**
+ * Which containerd shim runs request containers. faasd's own (shim/faasd-shim.c, built by tools/setup.sh) is the runc
+ * v2 shim minus a clean-up call containerd 1.6 makes after every task delete for nothing; without it, the runc v2
+ * shim itself.
+ *
+ * @module
+ */
+
+/** containerd's name of the runc v2 shim. */
+export const RUNC_V2 = "io.containerd.runc.v2";
+
+/** Where tools/setup.sh builds faasd's shim. */
+export const BUILT_SHIM: string = new URL("../.tools/bin/faasd-shim", import.meta.url).pathname;
+
+/**
+ * The containerd runtime name for `--shim`: `auto` (faasd's shim when built, else the runc v2 shim), `runc-v2`, or an
+ * absolute path (containerd runs that binary as the shim).
+ *
+ * @throws {Deno.errors.NotFound} when an absolute path names no executable file.
+ */
+export async function resolveShim(option: string, built: string = BUILT_SHIM): Promise<string> {
+  if (option === "runc-v2") return RUNC_V2;
+  const path = option === "auto" ? built : option;
+  const executable = await Deno.stat(path).then((s) => s.isFile && ((s.mode ?? 0) & 0o111) !== 0, () => false);
+  if (executable) return path;
+  if (option === "auto") return RUNC_V2;
+  throw new Deno.errors.NotFound(`--shim ${option}: no executable file there`);
+}
