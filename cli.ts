@@ -1,12 +1,14 @@
 /**
  * `faas`: the command-line client of a faasd control API.
  *
- *     deno task faas [--url URL] [--token TOKEN] new IMAGE [--name N] [--tar FILE] [LIMITS] [POOL]
- *     deno task faas [--url URL] [--token TOKEN] scale NAME [LIMITS] [POOL] [--default KEY]
+ *     deno task faas [--url URL] [--token TOKEN] new IMAGE [--name N] [--tar FILE] [LIMITS] [POOL] [PROCESS]
+ *     deno task faas [--url URL] [--token TOKEN] scale NAME [LIMITS] [POOL] [PROCESS] [--default KEY]
  *     deno task faas [--url URL] [--token TOKEN] ip NAME | list [--json] | delete NAME | logs NAME [-f]
+ *     deno task faas [--url URL] [--token TOKEN] secret create NAME [--from-file F] | secret list | secret delete NAME
  *
  * LIMITS are `--memory SIZE --cpu N --pids N --timeout D --rootfs readonly|writable`, POOL `--min-ready N
- * --max-ready N`, each optional, sent as they were typed: faasd checks them against its own flags.
+ * --max-ready N`, PROCESS `--http-port N --ready-timeout D --env KEY=VALUE... --secret NAME...`, each optional, sent
+ * as they were typed: faasd checks them against its own flags.
  *
  * `FAAS_URL` is the default for `--url` (else http://127.0.0.1:8080), `FAAS_TOKEN` for `--token`. Every failure
  * prints one line and exits 1.
@@ -17,6 +19,7 @@
 import { parseArgs } from "node:util";
 import { nameFromImage } from "./lib/names.ts";
 import { upload, type UploadAnswer } from "./lib/client/upload.ts";
+import { initTemplate, TEMPLATE_LANGUAGES } from "./lib/client/init.ts";
 import { formatDuration, formatSize, SETTING_KEYS } from "./lib/settings.ts";
 
 const USAGE = `Usage: faas [--url URL] [--token TOKEN] <command> [options]
@@ -31,11 +34,17 @@ Commands:
   list [--json]                       list functions: IMAGE  IP  STATUS  READY (ready/min-max)
   delete NAME                         stop serving a function, free its IP, remove its image
   logs NAME [-f]                      print a function's container output; -f follows it
+  init LANG NAME [--dir D]            write a ready-to-build handler directory (LANG: c, python, go, http)
+  secret create NAME [--from-file F]  store a secret (its value from F, else from stdin)
+  secret list                         list secrets (names only)
+  secret delete NAME                  delete a secret no function uses
 
 LIMITS, of each request's container (at most faasd's own, which apply where none is given):
   --memory SIZE  --cpu N  --pids N  --timeout D  --rootfs readonly|writable
 POOL, ready containers kept for the function (at most faasd's --pool-max; default 0 and 8):
   --min-ready N  --max-ready N
+PROCESS, how the function's process runs:
+  --http-port N  --ready-timeout D  --env KEY=VALUE (repeatable)  --secret NAME (repeatable)
 
 Options:
   --url URL      faasd control API (env FAAS_URL, default http://127.0.0.1:8080)
@@ -51,6 +60,11 @@ const LIMITS_HELP = `  --memory SIZE    memory, e.g. 256MiB (at most faasd's --m
   --rootfs MODE    readonly (default: only /tmp is writable) or writable
   --min-ready N    ready containers kept even when idle (default 0; at most --max-ready and faasd's --pool-max)
   --max-ready N    ready containers kept at most (default 8; at most faasd's --pool-max)
+  --http-port N    adapter mode: the image is a plain HTTP server listening on port N; faasd's adapter starts it,
+                   waits for the port and relays each connection to it
+  --ready-timeout D  adapter mode: how long the server may take to listen (default 30s)
+  --env KEY=VALUE  environment over the image's ENV; repeatable (all given replace those set before)
+  --secret NAME    mount secret NAME at /run/secrets/NAME; repeatable (all given replace those set before)
 `;
 
 const COMMAND_HELP: Record<string, string> = {
@@ -77,6 +91,18 @@ Lists deployed functions as a table IMAGE  IP  STATUS  READY, or as faasd's JSON
 containers the function has now, and how many faasd keeps for it at least (once idle) and at most.
 `,
   delete: "Usage: faas delete NAME\n\nStops serving NAME, frees its IP and removes its image.\n",
+  init: `Usage: faas init LANG NAME [--dir D]
+
+Writes a ready-to-build handler for function NAME into ./NAME (or D): a Containerfile, the source, build.sh (builds
+localhost/NAME:latest with podman, offline) and a README. LANG is one of ${TEMPLATE_LANGUAGES.join(", ")}; "http" is
+any plain HTTP server, deployed with --http-port. Never overwrites anything.
+`,
+  secret: `Usage: faas secret create NAME [--from-file F] | faas secret list | faas secret delete NAME
+
+create stores a secret (at most 512 KiB), its value read from F or else from stdin; functions deployed with
+--secret NAME see it at /run/secrets/NAME. list prints the names; values are never shown. delete refuses while a
+function uses it.
+`,
   logs: "Usage: faas logs NAME [-f]\n\nPrints the output of NAME's containers; -f keeps following it.\n",
 };
 
@@ -216,7 +242,23 @@ const LIMIT_OPTIONS = {
   rootfs: { type: "string" },
   "min-ready": { type: "string" },
   "max-ready": { type: "string" },
+  "http-port": { type: "string" },
+  "ready-timeout": { type: "string" },
 } as const;
+
+/** The repeatable process options: each `--env KEY=VALUE` and `--secret NAME` adds one. */
+const LIST_OPTIONS = {
+  env: { type: "string", multiple: true },
+  secret: { type: "string", multiple: true },
+} as const;
+
+/** `--env` and `--secret` as given (absent when not given, so that a redeploy keeps those set before). */
+function givenLists(values: { env?: string[]; secret?: string[] }): { env?: string[]; secrets?: string[] } {
+  for (const e of values.env ?? []) {
+    if (!e.includes("=")) throw new CliError(`invalid --env ${JSON.stringify(e)}: expected KEY=VALUE`);
+  }
+  return { ...(values.env ? { env: values.env } : {}), ...(values.secret ? { secrets: values.secret } : {}) };
+}
 
 /** The settings key of an option (or of a `--default` argument, which may be given either way). */
 const settingKey = (option: string) => option.replaceAll("-", "_");
@@ -234,9 +276,10 @@ function givenLimits(values: Record<string, unknown>): Record<string, string> {
 async function cmdNew(api: Target, args: string[]): Promise<void> {
   const { values, positionals } = parseArgs({
     args,
-    options: { name: { type: "string" }, tar: { type: "string" }, ...LIMIT_OPTIONS },
+    options: { name: { type: "string" }, tar: { type: "string" }, ...LIMIT_OPTIONS, ...LIST_OPTIONS },
     allowPositionals: true,
   });
+  const lists = givenLists(values);
   const image = positionals[0];
   if (!image && !values.tar) throw new CliError("faas new needs an IMAGE (or --tar FILE); see faas new --help");
   if (positionals.length > 1) throw new CliError(`unexpected argument ${positionals[1]}`);
@@ -256,7 +299,10 @@ async function cmdNew(api: Target, args: string[]): Promise<void> {
   }
   let answer: UploadAnswer;
   try {
-    const query = new URLSearchParams(givenLimits(values)).toString();
+    const params = new URLSearchParams(givenLimits(values));
+    for (const e of lists.env ?? []) params.append("env", e);
+    for (const name of lists.secrets ?? []) params.append("secret", name);
+    const query = params.toString();
     answer = await upload(
       `${api.url}/api/new${query ? `?${query}` : ""}`,
       { ...api.headers, "x-image-name": name, "content-type": "application/x-tar" },
@@ -337,13 +383,13 @@ function limitsLine(name: string, f: Entry): string {
 async function cmdScale(api: Target, args: string[]): Promise<void> {
   const { values, positionals } = parseArgs({
     args,
-    options: { ...LIMIT_OPTIONS, default: { type: "string", multiple: true } },
+    options: { ...LIMIT_OPTIONS, ...LIST_OPTIONS, default: { type: "string", multiple: true } },
     allowPositionals: true,
   });
   const name = positionals[0];
   if (!name) throw new CliError("faas scale needs a NAME; see faas scale --help");
   if (positionals.length > 1) throw new CliError(`unexpected argument ${positionals[1]}`);
-  const patch: Record<string, string | null> = givenLimits(values);
+  const patch: Record<string, string | string[] | null> = { ...givenLimits(values), ...givenLists(values) };
   for (const given of values.default ?? []) {
     const key = settingKey(given);
     if (!SETTING_KEYS.includes(key)) {
@@ -353,7 +399,7 @@ async function cmdScale(api: Target, args: string[]): Promise<void> {
     patch[key] = null;
   }
   if (Object.keys(patch).length === 0) {
-    const options = Object.keys(LIMIT_OPTIONS).map((o) => `--${o}`).join(", ");
+    const options = [...Object.keys(LIMIT_OPTIONS), ...Object.keys(LIST_OPTIONS)].map((o) => `--${o}`).join(", ");
     throw new CliError(`faas scale needs at least one of ${options}, --default KEY`);
   }
   const res = await call(api, `/api/functions/${encodeURIComponent(name)}`, {
@@ -383,7 +429,66 @@ async function cmdLogs(api: Target, args: string[]): Promise<void> {
   await res.body?.pipeTo(Deno.stdout.writable, { preventClose: true });
 }
 
+/** `faas init` needs no faasd: it only writes files. */
+async function cmdInit(_api: Target, args: string[]): Promise<void> {
+  const { values, positionals } = parseArgs({ args, options: { dir: { type: "string" } }, allowPositionals: true });
+  const [lang, name, extra] = positionals;
+  if (!lang || !name) throw new CliError("faas init needs LANG and NAME; see faas init --help");
+  if (extra !== undefined) throw new CliError(`unexpected argument ${extra}`);
+  let dir: string;
+  try {
+    // `deno task` runs in the project's folder; INIT_CWD is where the user typed the command.
+    const cwd = Deno.env.get("INIT_CWD") ?? Deno.cwd();
+    dir = (await initTemplate(lang, name, { dir: values.dir ?? `${cwd}/${name}` })).dir;
+  } catch (e) {
+    if (e instanceof TypeError || e instanceof Deno.errors.AlreadyExists) throw new CliError(e.message);
+    throw e;
+  }
+  console.log(
+    `wrote ${dir}/: build it with (cd ${dir} && ./build.sh), then deploy it with faas new ` +
+      `localhost/${name}:latest --name ${name}${lang === "http" ? " --http-port 8080" : ""}`,
+  );
+}
+
+async function cmdSecret(api: Target, args: string[]): Promise<void> {
+  const { values, positionals } = parseArgs({
+    args,
+    options: { "from-file": { type: "string" } },
+    allowPositionals: true,
+  });
+  const [verb, name, extra] = positionals;
+  if (extra !== undefined) throw new CliError(`unexpected argument ${extra}`);
+  if (verb === "list") {
+    const secrets = await (await call(api, "/api/secrets")).json() as { name: string; created_at: string }[];
+    const width = Math.max(4, ...secrets.map((s) => s.name.length)) + 2;
+    console.log(`${"NAME".padEnd(width)}CREATED`);
+    for (const s of secrets) console.log(`${s.name.padEnd(width)}${s.created_at}`);
+    return;
+  }
+  if (!name) throw new CliError(`faas secret ${verb ?? ""} needs a NAME; see faas secret --help`.replace("  ", " "));
+  const path = `/api/secrets/${encodeURIComponent(name)}`;
+  if (verb === "create") {
+    let value: Uint8Array<ArrayBuffer>;
+    try {
+      value = values["from-file"]
+        ? await Deno.readFile(values["from-file"])
+        : new Uint8Array(await new Response(Deno.stdin.readable).arrayBuffer());
+    } catch (e) {
+      throw new CliError(`cannot read the secret's value: ${(e as Error).message}`);
+    }
+    await call(api, path, { method: "POST", body: value });
+    return console.log(`created secret ${name}`);
+  }
+  if (verb === "delete") {
+    await call(api, path, { method: "DELETE" });
+    return console.log(`deleted secret ${name}`);
+  }
+  throw new CliError(`unknown secret command ${JSON.stringify(verb ?? "")}: create, list or delete`);
+}
+
 const COMMANDS: Record<string, (api: Target, args: string[]) => Promise<void>> = {
+  init: cmdInit,
+  secret: cmdSecret,
   new: cmdNew,
   scale: cmdScale,
   ip: cmdIp,

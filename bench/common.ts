@@ -6,6 +6,7 @@
  */
 
 import type { ContainerdInstance } from "../tests/harness/containerd.ts";
+import type { Daemon } from "../tests/harness/platform.ts";
 
 /** Exit code of the handler's `exit` mode. */
 const EXIT_MODE_CODE = 3;
@@ -96,4 +97,16 @@ export async function ctrRun(
   const ms = performance.now() - start;
   if (out.code === EXIT_MODE_CODE) return { ms, error: null };
   return { ms, error: `ctr run exited ${out.code}: ${new TextDecoder().decode(out.stderr).trim()}` };
+}
+
+/** Deploys `tarball` as function `name` to `daemon` with the query string `query` (without `?`); returns its IP. */
+export async function deploy(daemon: Daemon, name: string, tarball: string, query = ""): Promise<string> {
+  const res = await fetch(`${daemon.url}/api/new${query ? `?${query}` : ""}`, {
+    method: "POST",
+    headers: { "x-image-name": name },
+    body: (await Deno.open(tarball)).readable,
+  });
+  const body = await res.json();
+  if (!res.ok) throw new Error(`deploy ${name}: ${res.status} ${JSON.stringify(body)}`);
+  return body.ip;
 }

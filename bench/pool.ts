@@ -21,7 +21,7 @@ import { parseArgs } from "node:util";
 import { startContainerd, testNamespace } from "../tests/harness/containerd.ts";
 import { buildHandlerImage, compileHandler } from "../tests/harness/images.ts";
 import { type Daemon, freePort, startDaemon } from "../tests/harness/platform.ts";
-import { ctrRun, httpGet, percentile, run, type Sample } from "./common.ts";
+import { ctrRun, deploy, httpGet, percentile, run, type Sample } from "./common.ts";
 
 const EXPECTED_BODY = "hello from faasd\n";
 const { values } = parseArgs({
@@ -60,17 +60,6 @@ async function rssKiB(pids: number[]): Promise<number> {
 async function pgrep(pattern: string): Promise<number[]> {
   const out = await new Deno.Command("pgrep", { args: ["-f", pattern], stdout: "piped" }).output();
   return new TextDecoder().decode(out.stdout).split("\n").filter(Boolean).map(Number);
-}
-
-async function deploy(daemon: Daemon, name: string, tarball: string, query = ""): Promise<string> {
-  const res = await fetch(`${daemon.url}/api/new${query}`, {
-    method: "POST",
-    headers: { "x-image-name": name },
-    body: (await Deno.open(tarball)).readable,
-  });
-  const body = await res.json();
-  if (!res.ok) throw new Error(`deploy ${name}: ${res.status} ${JSON.stringify(body)}`);
-  return body.ip;
 }
 
 async function list(daemon: Daemon): Promise<Record<string, { ready: number }>> {
@@ -147,7 +136,7 @@ const out: Record<string, unknown> = {};
 // 1. Pooled latency against fork-and-exec and a persistent server.
 {
   await using daemon = await startDaemon(ctd, { port, flags: ["--pool-idle", "10m"] });
-  const ip = await deploy(daemon, "hello", tarball, "?min_ready=2&max_ready=2");
+  const ip = await deploy(daemon, "hello", tarball, "min_ready=2&max_ready=2");
   const inetd = await hostServer(INETD, [binary]);
   const persistent = await hostServer(PERSISTENT, []);
   try {
@@ -243,7 +232,7 @@ const out: Record<string, unknown> = {};
   await using daemon = await startDaemon(ctd, { port, flags: ["--pool-max", String(readyCount)] });
   const before = await rssKiB([daemon.pid]);
   const shimsBefore = await rssKiB(await pgrep("containerd-shim-runc-v2"));
-  await deploy(daemon, "hello", tarball, `?min_ready=${readyCount}&max_ready=${readyCount}`);
+  await deploy(daemon, "hello", tarball, `min_ready=${readyCount}&max_ready=${readyCount}`);
   const got = await untilReady(daemon, "hello", readyCount, 180_000);
   const ready = (await list(daemon)).hello!.ready;
   const faasd = await rssKiB([daemon.pid]);

@@ -291,6 +291,11 @@ export class ContainerOutput implements AsyncDisposable {
     return this.#closing ??= this.#close();
   }
 
+  /** Writes one line from faasd about this container into the function's log (e.g. why it failed to start). */
+  note(text: string): void {
+    if (this.#closing === null) this.#append(this.#marker(text));
+  }
+
   /** Same as {@linkcode ContainerOutput.close}. */
   [Symbol.asyncDispose](): Promise<void> {
     return this.close();

@@ -20,6 +20,8 @@ import { reapLeftovers, socketDir } from "./spawn.ts";
 import { CAPABILITIES, hasSwapAccounting } from "./spec.ts";
 import { loadSeccompProfile } from "./seccomp.ts";
 import { resolveShim, RUNC_V2 } from "./shim.ts";
+import { resolveAdapter } from "./adapter.ts";
+import { Secrets } from "./secrets.ts";
 import { GUARD_MARK, SocketGuard } from "./socket_guard.ts";
 import { autoTotals, ParentCgroup } from "./cgroups.ts";
 import { reapScratch } from "./scratch.ts";
@@ -111,6 +113,9 @@ export async function startPlatform(config: DaemonConfig, log: (message: string)
       ? " (faasd-shim is not built: tools/setup.sh builds it)"
       : "";
     log(`containers run under the shim ${shim}${unbuilt}`);
+    const adapter = await resolveAdapter();
+    if (!adapter) log("faasd-adapter is not built (deno task gen builds it): functions cannot use --http-port");
+    const secrets = Secrets.open(stateDir);
     const totals = autoTotals(config.totals);
     // A container's CPU quota may not pass its parent's (cgroup v1 refuses it): the total caps the per-container limit.
     const limits = { ...config.limits, cpus: capCpus(config.limits.cpus, totals.cpus) };
@@ -131,6 +136,8 @@ export async function startPlatform(config: DaemonConfig, log: (message: string)
       swapAccounting: await hasSwapAccounting(),
       cgroupParent,
       seccomp,
+      adapter,
+      secretPath: (name: string) => secrets.path(name),
     };
     // What a previous run left goes first: its containers still count against the parent cgroup's limits.
     const reaped = await reapLeftovers(spawnDeps);
@@ -206,6 +213,8 @@ export async function startPlatform(config: DaemonConfig, log: (message: string)
       token: config.apiToken,
       pool: { ready: (name) => server.ready(name), status: (name) => server.status(name) },
       probe: async () => ({ containerd: (await containerd.version()).version, functions: registry.list().length }),
+      secrets,
+      adapterBuilt: adapter !== null,
     });
     let draining: Promise<void> | null = null;
     let closing: Promise<void> | null = null;

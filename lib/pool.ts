@@ -27,6 +27,8 @@ export interface PoolContainer {
   readonly id: string;
   /** How long it may serve its request once handed a connection. */
   readonly timeoutMs: number;
+  /** How long it may take to connect, when it needs longer than the pool's `connectTimeoutMs`. */
+  readonly connectTimeoutMs?: number;
   /** Waits until the container connected to its control socket, exited, or `timeoutMs` passed. */
   waitConnected(timeoutMs: number, signal?: AbortSignal): Promise<"connected" | "exited" | "timeout">;
   /** Settles when a connected container hung up its control connection or exited; never rejects. */
@@ -169,7 +171,10 @@ export class Pools<C extends PoolContainer = PoolContainer> {
   /** Removals and starts in flight, awaited by close(). */
   readonly #removals = new Set<Promise<void>>();
   readonly #starts = new Set<Promise<void>>();
+  /** Starts not yet settled (connected or failed): ready containers to be, counted against `poolMax`. */
   #starting = 0;
+  /** Starts inside containerd (created, not yet started): bounded by `maxStarting`. */
+  #inContainerd = 0;
   #readyCount = 0;
   /** Containers that exist: starting, ready, serving or being removed. */
   #containers = 0;
@@ -364,7 +369,7 @@ export class Pools<C extends PoolContainer = PoolContainer> {
     const forWaiters = Math.max(0, servable - p.ready.length);
     const missing = Math.max(forWaiters, this.#target(p, now) + servable - p.ready.length) - p.starting;
     for (let i = 0; i < missing; i++) {
-      if (this.#starting >= this.#opts.maxStarting || this.#containers >= this.#opts.maxContainers) break;
+      if (this.#inContainerd >= this.#opts.maxStarting || this.#containers >= this.#opts.maxContainers) break;
       // Starts ahead of demand are bounded by --pool-max; starts for waiting connections are not.
       const ahead = i >= forWaiters - p.starting;
       if (ahead && this.#readyCount + this.#starting >= this.#opts.poolMax) break;
@@ -381,15 +386,27 @@ export class Pools<C extends PoolContainer = PoolContainer> {
   async #startOne(p: FunctionPool<C>): Promise<void> {
     p.starting++;
     this.#starting++;
+    this.#inContainerd++;
     this.#containers++;
     const generation = p.generation;
     const began = this.#now();
     let container: C | null = null;
     let outcome: string;
     let transient = false;
+    // The global slot bounds containerd's work; waiting for the container to connect (an adapter-mode server may take
+    // its ready timeout to listen) costs nothing, so it must not hold other functions' starts back.
+    let slot = true;
+    const freeSlot = () => {
+      if (!slot) return;
+      slot = false;
+      this.#inContainerd--;
+      this.#fillAll();
+    };
     try {
       container = await this.#start(p.record, this.#closing.signal);
-      outcome = await container.waitConnected(this.#opts.connectTimeoutMs, this.#closing.signal);
+      freeSlot();
+      const connectMs = Math.max(this.#opts.connectTimeoutMs, container.connectTimeoutMs ?? 0);
+      outcome = await container.waitConnected(connectMs, this.#closing.signal);
     } catch (e) {
       transient = this.#opts.transient?.(e) ?? false;
       if (!this.#closing.signal.aborted && !transient) {
@@ -399,6 +416,10 @@ export class Pools<C extends PoolContainer = PoolContainer> {
     } finally {
       p.starting--;
       this.#starting--;
+      if (slot) {
+        slot = false;
+        this.#inContainerd--;
+      }
     }
     const seconds = (this.#now() - began) / 1000;
     this.#events.started?.(p.name, outcome === "connected" ? "ok" : outcome, seconds);

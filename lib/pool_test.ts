@@ -223,3 +223,25 @@ Deno.test("Pools.stop() removes the ready containers and refuses the waiting con
     await p.close();
   }
 });
+
+Deno.test("Pools: a container slow to connect (a server not yet listening) holds no start slot", async () => {
+  Fake.made = [];
+  const never = Promise.withResolvers<"connected" | "exited" | "timeout">();
+  const p = new Pools<Fake>((r) => {
+    const c = new Fake(r, "connected");
+    // Function "slow" is an adapter-mode server that never listens: its containers wait to connect until timed out.
+    if (r.name === "slow") c.waitConnected = () => never.promise;
+    return Promise.resolve(c);
+  }, { ...OPTIONS, maxStarting: 1, queueTimeoutMs: 1000 });
+  try {
+    p.serve(record("slow"), { minReady: 2, maxReady: 2 });
+    p.serve(record("ok"), { minReady: 0, maxReady: 2 });
+    await tick();
+    const lease = await p.acquire("ok"); // would wait for ever if the slow starts held the only slot
+    assertEquals(lease.container.record.name, "ok");
+    lease.release();
+  } finally {
+    never.resolve("timeout");
+    await p.close();
+  }
+});

@@ -1,6 +1,8 @@
 /**
- * Per-function settings, set at deploy and changed later: what one request's container of a function may use, and how
- * many ready containers the warm pool keeps for it (`min_ready`, `max_ready`). A setting may only lower the daemon's
+ * Per-function settings, set at deploy and changed later: what one request's container of a function may use, how
+ * many ready containers the warm pool keeps for it (`min_ready`, `max_ready`), how its process runs (its `env` over the
+ * image's, the `secrets` mounted at `/run/secrets/NAME`, and with `http_port` the adapter in front of a plain HTTP
+ * server, which must listen within `ready_timeout`). A setting may only lower the daemon's
  * limit (its flag), never lift it, so the flags stay the operator's ceiling. What is stored is what was set; what a
  * container gets is computed from it and the daemon's current limits ({@linkcode effectiveLimits},
  * {@linkcode poolSizing}), so that a daemon restarted with lower flags lowers functions too.
@@ -27,6 +29,14 @@ export interface FunctionSettings {
   minReady?: number;
   /** Ready containers the pool may keep for the function at most. */
   maxReady?: number;
+  /** Adapter mode: the image is a plain HTTP server on this port, which faasd's adapter relays each connection to. */
+  httpPort?: number;
+  /** Adapter mode: how long the server may take to listen before its container counts as failed to start. */
+  readyTimeoutMs?: number;
+  /** Environment of the process, over the image's `ENV`. */
+  env?: Record<string, string>;
+  /** Secrets mounted read-only at `/run/secrets/NAME`. */
+  secrets?: string[];
 }
 
 /** A change of settings: a field given as null goes back to the daemon's default, an absent one is kept. */
@@ -46,6 +56,11 @@ export interface PoolSizing {
   minReady: number;
   maxReady: number;
 }
+
+/** How long an adapter-mode server may take to listen, where a function has no `ready_timeout`. */
+export const DEFAULT_READY_TIMEOUT_MS = 30_000;
+/** The longest `ready_timeout`. */
+const MAX_READY_TIMEOUT_MS = 10 * 60_000;
 
 /** `min_ready` where a function has none set. */
 export const DEFAULT_MIN_READY = 0;
@@ -87,11 +102,63 @@ export function formatDuration(ms: number): string {
 }
 
 /** One input key: the field it sets, how its value is read and bounded, and how it is shown back. */
+type Value = Exclude<FunctionSettings[keyof FunctionSettings], undefined>;
+
 interface Field {
   prop: keyof FunctionSettings;
   /** @throws {TypeError} for a malformed or out-of-bounds value. */
-  parse(value: unknown, daemon: DaemonLimits): number | Rootfs;
-  show(value: number | Rootfs): string | number;
+  parse(value: unknown, daemon: DaemonLimits): Value;
+  show(value: Value): unknown;
+}
+
+/** An environment variable name: what a shell and docker's `ENV` accept. */
+const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
+
+/** `["K=V", …]` or `{"K": "V"}` → a map; names as a shell takes them, values without NUL. */
+function parseEnv(value: unknown): Record<string, string> {
+  const entries: [string, unknown][] = Array.isArray(value)
+    ? value.map((item) => {
+      if (typeof item !== "string" || !item.includes("=")) {
+        throw new TypeError(`invalid env entry ${JSON.stringify(item)}: expected KEY=VALUE`);
+      }
+      const eq = item.indexOf("=");
+      return [item.slice(0, eq), item.slice(eq + 1)];
+    })
+    : typeof value === "object" && value !== null
+    ? Object.entries(value)
+    : (() => {
+      throw new TypeError(`invalid env ${JSON.stringify(value)}: a list of KEY=VALUE, or an object of strings`);
+    })();
+  const env: Record<string, string> = {};
+  for (const [key, v] of entries) {
+    if (!ENV_NAME.test(key)) {
+      throw new TypeError(`invalid env name ${JSON.stringify(key)}: letters, digits and _, not starting with a digit`);
+    }
+    if (typeof v !== "string" || v.includes("\0")) {
+      throw new TypeError(`invalid value of env ${key}: a string without NUL characters`);
+    }
+    env[key] = v;
+  }
+  return env;
+}
+
+/** A list of secret names, each valid and given once. */
+function parseSecretNames(value: unknown): string[] {
+  if (!Array.isArray(value)) throw new TypeError(`invalid secrets ${JSON.stringify(value)}: a list of secret names`);
+  for (const name of value) {
+    if (typeof name !== "string" || !isValidSecretName(name)) {
+      throw new TypeError(
+        `invalid secret name ${JSON.stringify(name)}: 1-64 letters, digits, '.', '_' or '-', starting with a letter ` +
+          "or digit",
+      );
+    }
+  }
+  return [...new Set(value as string[])];
+}
+
+/** A secret's name: 1-64 letters, digits, `.`, `_` and `-`, starting with a letter or digit (a file name in `/run/secrets`). */
+export function isValidSecretName(name: string): boolean {
+  return /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(name);
 }
 
 /** A number within bounds: not 0 (a function may not lift the daemon's limit), at least `min`, at most the flag's. */
@@ -216,15 +283,56 @@ const FIELDS: Record<string, Field> = {
     parse: (value, daemon) => readyCount("max_ready", value, daemon),
     show: (n) => n,
   },
+  http_port: {
+    prop: "httpPort",
+    parse(value) {
+      const port = numeric(value, /^\d+$/);
+      if (port === null || !Number.isInteger(port) || port < 1 || port > 65535) {
+        throw new TypeError(`invalid http_port ${JSON.stringify(value)}: a TCP port from 1 to 65535`);
+      }
+      return port;
+    },
+    show: (port) => port,
+  },
+  ready_timeout: {
+    prop: "readyTimeoutMs",
+    parse(value) {
+      let ms: number;
+      if (typeof value === "string") ms = parseDuration(value, "ready_timeout");
+      else if (typeof value === "number" && Number.isFinite(value) && value >= 0) ms = Math.round(value);
+      else throw new TypeError(`invalid ready_timeout ${JSON.stringify(value)}: a duration like 30s, or ms`);
+      if (ms < 1 || ms > MAX_READY_TIMEOUT_MS) {
+        throw new TypeError(
+          `ready_timeout ${formatDuration(ms)} is outside 1ms to ${formatDuration(MAX_READY_TIMEOUT_MS)}`,
+        );
+      }
+      return ms;
+    },
+    show: (ms) => formatDuration(ms as number),
+  },
+  env: {
+    prop: "env",
+    parse: (value) => parseEnv(value),
+    show: (env) => ({ ...(env as Record<string, string>) }),
+  },
+  secrets: {
+    prop: "secrets",
+    parse: (value) => parseSecretNames(value),
+    show: (names) => [...(names as string[])],
+  },
 };
 
-/** The input keys of settings: `memory`, `cpu`, `pids`, `timeout`, `rootfs`, `min_ready`, `max_ready`. */
+/**
+ * The input keys of settings: `memory`, `cpu`, `pids`, `timeout`, `rootfs`, `min_ready`, `max_ready`, `http_port`,
+ * `ready_timeout`, `env`, `secrets`.
+ */
 export const SETTING_KEYS: readonly string[] = Object.freeze(Object.keys(FIELDS));
 
 /**
  * Reads settings from user input: `memory` (a size like `256MiB`, or bytes), `cpu` (CPUs, e.g. 0.5), `pids` (a
  * whole number), `timeout` (a duration like `30s`, or ms), `rootfs` (`readonly` or `writable`), `min_ready` and
- * `max_ready` (whole numbers of ready containers, 0 or more); numbers may come as text. A value of null asks for the
+ * `max_ready` (whole numbers of ready containers, 0 or more), `http_port` (1-65535), `ready_timeout` (a duration),
+ * `env` (`["KEY=VALUE", …]` or an object) and `secrets` (a list of names); numbers may come as text. A value of null asks for the
  * daemon's default again. Each value must lie within the daemon's limit. Whether min_ready is at most max_ready
  * depends on what the function has set already, so {@linkcode mergeSettings} checks it.
  *
@@ -255,13 +363,19 @@ export function parseSettings(fields: Record<string, unknown>, daemon: DaemonLim
  * `settings` with `patch` applied: a field given as null is dropped, an absent one kept. Neither is changed.
  *
  * @throws {SettingsError} when the result would have min_ready above max_ready (each taking its default where
- *   unset); the message says which of the two came from `patch`, from `settings`, or from the default.
+ *   unset; the message says which of the two came from `patch`, from `settings`, or from the default), or a
+ *   ready_timeout without http_port (leaving adapter mode drops the ready timeout).
  */
 export function mergeSettings(settings: FunctionSettings, patch: SettingsPatch): FunctionSettings {
   const merged: Record<string, unknown> = { ...settings };
   for (const [prop, value] of Object.entries(patch)) {
     if (value === null) delete merged[prop];
     else if (value !== undefined) merged[prop] = value;
+  }
+  // Leaving adapter mode takes its ready timeout along, unless the same change sets one (refused below).
+  if (patch.httpPort === null && patch.readyTimeoutMs === undefined) delete merged.readyTimeoutMs;
+  if (merged.readyTimeoutMs !== undefined && merged.httpPort === undefined) {
+    throw new SettingsError("ready_timeout applies only in adapter mode: set http_port with it");
   }
   assertReadyInOrder(merged as FunctionSettings, patch);
   return merged as FunctionSettings;
@@ -312,8 +426,8 @@ export function poolSizing(settings: FunctionSettings, daemon: Pick<DaemonLimits
 }
 
 /** What was set for a function, in input form (`{"memory": "256MiB", "cpu": 0.5}`), which parseSettings reads back. */
-export function settingsJson(settings: FunctionSettings): Record<string, string | number> {
-  const out: Record<string, string | number> = {};
+export function settingsJson(settings: FunctionSettings): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
   for (const [key, field] of Object.entries(FIELDS)) {
     const value = settings[field.prop];
     if (value !== undefined) out[key] = field.show(value);

@@ -51,7 +51,19 @@ Deno.test("parseSettings() refuses an unknown key, naming it and the known ones"
   );
   // Keys of Object.prototype are not settings either.
   assertThrows(() => parseSettings({ constructor: 1 }, daemon), TypeError, 'unknown setting "constructor"');
-  assertEquals(SETTING_KEYS, ["memory", "cpu", "pids", "timeout", "rootfs", "min_ready", "max_ready"]);
+  assertEquals(SETTING_KEYS, [
+    "memory",
+    "cpu",
+    "pids",
+    "timeout",
+    "rootfs",
+    "min_ready",
+    "max_ready",
+    "http_port",
+    "ready_timeout",
+    "env",
+    "secrets",
+  ]);
 });
 
 Deno.test("parseSettings() refuses values above the daemon's limits, naming the flag", () => {
@@ -253,4 +265,53 @@ Deno.test("formatSize() and formatDuration() use the largest unit that divides e
   assertEquals([formatSize(4096), formatSize(1000), formatSize(0)], ["4KiB", "1000B", "0B"]);
   assertEquals([formatDuration(60_000), formatDuration(90_000), formatDuration(7_200_000)], ["1m", "90s", "2h"]);
   assertEquals([formatDuration(1500), formatDuration(0)], ["1500ms", "0ms"]);
+});
+
+Deno.test("parseSettings() reads adapter mode's http_port and ready_timeout, bounded", () => {
+  assertEquals(parseSettings({ http_port: "8080", ready_timeout: "2s" }, daemon), {
+    httpPort: 8080,
+    readyTimeoutMs: 2000,
+  });
+  assertEquals(parseSettings({ http_port: 65535, ready_timeout: 500 }, daemon), {
+    httpPort: 65535,
+    readyTimeoutMs: 500,
+  });
+  for (const port of ["0", "65536", "70000", "80.5", "http", -1]) {
+    assertThrows(() => parseSettings({ http_port: port }, daemon), SettingsError, "http_port");
+  }
+  assertThrows(() => parseSettings({ ready_timeout: "11m" }, daemon), SettingsError, "ready_timeout");
+  assertThrows(() => parseSettings({ ready_timeout: "soon" }, daemon), SettingsError, "ready_timeout");
+});
+
+Deno.test("parseSettings() reads env as KEY=VALUE entries or an object, and refuses bad names or missing =", () => {
+  assertEquals(parseSettings({ env: ["A=1", "B=x=y", "EMPTY="] }, daemon), { env: { A: "1", B: "x=y", EMPTY: "" } });
+  assertEquals(parseSettings({ env: { GREETING: "hi" } }, daemon), { env: { GREETING: "hi" } });
+  assertThrows(() => parseSettings({ env: ["NOEQUALS"] }, daemon), SettingsError, "KEY=VALUE");
+  assertThrows(() => parseSettings({ env: ["1A=x"] }, daemon), SettingsError, "env name");
+  assertThrows(() => parseSettings({ env: { A: 1 } }, daemon), SettingsError, "value of env A");
+  assertThrows(() => parseSettings({ env: "A=1" }, daemon), SettingsError, "invalid env");
+});
+
+Deno.test("parseSettings() reads secrets as a list of valid names, once each", () => {
+  assertEquals(parseSettings({ secrets: ["db-password", "api.key", "db-password"] }, daemon), {
+    secrets: ["db-password", "api.key"],
+  });
+  for (const bad of ["../x", ".hidden", "a/b", "", "x".repeat(65)]) {
+    assertThrows(() => parseSettings({ secrets: [bad] }, daemon), SettingsError, "secret name");
+  }
+  assertThrows(() => parseSettings({ secrets: "db" }, daemon), SettingsError, "list of secret names");
+});
+
+Deno.test("settingsJson() shows env and secret names back in input form", () => {
+  const settings = mergeSettings({}, parseSettings({ env: ["A=1"], secrets: ["db"], http_port: "8080" }, daemon));
+  const shown = settingsJson(settings);
+  assertEquals(shown, { http_port: 8080, env: { A: "1" }, secrets: ["db"] });
+  assertEquals(parseSettings(shown, daemon), { httpPort: 8080, env: { A: "1" }, secrets: ["db"] });
+});
+
+Deno.test("mergeSettings() takes ready_timeout only with http_port, and drops it when adapter mode is left", () => {
+  assertThrows(() => mergeSettings({}, { readyTimeoutMs: 1000 }), SettingsError, "only in adapter mode");
+  const adapter = mergeSettings({}, { httpPort: 8080, readyTimeoutMs: 1000 });
+  assertEquals(mergeSettings(adapter, { httpPort: null }), {});
+  assertThrows(() => mergeSettings(adapter, { httpPort: null, readyTimeoutMs: 5 }), SettingsError, "adapter mode");
 });

@@ -20,11 +20,12 @@ import { PidFd } from "../ffi/pidfd.ts";
 import type { FunctionRecord } from "./registry.ts";
 import { buildSpec } from "./spec.ts";
 import type { DaemonLimits } from "./config.ts";
-import { effectiveLimits } from "./settings.ts";
+import { DEFAULT_READY_TIMEOUT_MS, effectiveLimits } from "./settings.ts";
 import { Scratch, writableRootfs } from "./scratch.ts";
 import type { ContainerOutput, Logs } from "./logs.ts";
 import { randomHex } from "./random.ts";
 import { LABELS } from "./labels.ts";
+import { withoutHostPaths } from "./images/errors.ts";
 
 /** Labels on every per-request container, snapshot and lease. */
 export const OWNED_LABELS = { [LABELS.kind]: "request" } as const;
@@ -62,7 +63,14 @@ export interface SpawnDeps {
   cgroupParent: string;
   /** The OCI seccomp profile of every container; null: unconfined. */
   seccomp: Record<string, unknown> | null;
+  /** Host path of faasd's adapter (adapter.ts), mounted into adapter-mode containers; null: not built. */
+  adapter: string | null;
+  /** Host path of secret `name`, mounted at `/run/secrets/NAME` (secrets.ts). */
+  secretPath: (name: string) => string;
 }
+
+/** What an adapter-mode container has, past its server's ready timeout, to connect to its control socket. */
+const ADAPTER_CONNECT_MARGIN_MS = 5000;
 
 /** How long a task's exit is waited for again while containerd is unreachable (restarting). */
 const WAIT_RECONNECT_MS = 60_000;
@@ -90,6 +98,11 @@ export class RequestContainer {
   #output: ContainerOutput | null = null;
   /** How long this container may serve its request (the function's timeout setting, or the daemon's). */
   timeoutMs = 0;
+  /**
+   * How long it may take to connect to its control socket, when longer than the daemon's: an adapter-mode container
+   * connects only once its server listens, within the function's ready timeout.
+   */
+  connectTimeoutMs: number | undefined;
   #created = false;
   #taskCreated = false;
   /** containerd's word on the exit: what removal waits for (the task can be deleted only once containerd knows). */
@@ -130,6 +143,8 @@ export class RequestContainer {
       await c.#create(fn, options);
       return c;
     } catch (e) {
+      // The user reads the function's log, not faasd's: say there why (containerd's host paths left out).
+      c.#output?.note(`failed to start: ${withoutHostPaths((e as Error).message)}`);
       await c.remove();
       throw e;
     }
@@ -154,6 +169,9 @@ export class RequestContainer {
       rootfs: limits.rootfs,
       seccomp: this.#deps.seccomp,
       shimGroup: options.shimGroup,
+      env: fn.settings.env,
+      adapter: this.#adapterOf(fn),
+      secrets: (fn.settings.secrets ?? []).map((name) => ({ name, path: this.#deps.secretPath(name) })),
     });
     const writable = limits.rootfs === "writable";
     this.timeoutMs = limits.timeoutMs;
@@ -197,6 +215,21 @@ export class RequestContainer {
     if (options.anchor) return; // created, never started: runc's init waits, holding the shim, and runs nothing
     const pid = await containerd.startTask(this.id);
     this.#ended = this.#watchExit(pid);
+  }
+
+  /** Adapter mode's options, or undefined for a function under the handler contract. */
+  #adapterOf(fn: FunctionRecord): { path: string; port: number; readyTimeoutMs: number } | undefined {
+    const port = fn.settings.httpPort;
+    if (port === undefined) return undefined;
+    if (!this.#deps.adapter) {
+      throw new TypeError(
+        `function ${fn.name} wants adapter mode, but faasd-adapter is not built here (deno task gen)`,
+      );
+    }
+    const readyTimeoutMs = fn.settings.readyTimeoutMs ?? DEFAULT_READY_TIMEOUT_MS;
+    // The container connects once its server listens: the daemon's connect timeout counts from then on.
+    this.connectTimeoutMs = readyTimeoutMs + ADAPTER_CONNECT_MARGIN_MS;
+    return { path: this.#deps.adapter, port, readyTimeoutMs };
   }
 
   /** The rootfs of a writable root: a view of the image under an upper layer on a sized tmpfs (scratch.ts). */
@@ -341,6 +374,11 @@ export class RequestContainer {
    */
   remove(): Promise<void> {
     return this.#removed ??= this.#remove().finally(() => this.#onRemoved?.());
+  }
+
+  /** Removes it: `await using c = await RequestContainer.start(…)` removes `c` on every path out of the scope. */
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.remove();
   }
 
   async #remove(): Promise<void> {

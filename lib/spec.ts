@@ -74,6 +74,21 @@ export interface SpecOptions {
   seccomp?: Record<string, unknown> | null;
   /** The runc shim group to run in (containerd's runc v2 shim serves a group's tasks from one process). */
   shimGroup?: string;
+  /** Environment over the image's `ENV` (the function's `env` setting). */
+  env?: Record<string, string>;
+  /** Adapter mode: faasd's adapter (host path) runs first and relays the connection to the image's server. */
+  adapter?: { path: string; port: number; readyTimeoutMs: number };
+  /** Secrets mounted read-only at `/run/secrets/NAME`, from their host files. */
+  secrets?: { name: string; path: string }[];
+}
+
+/** Where the adapter appears inside an adapter-mode container. */
+export const ADAPTER_PATH = "/.faasd/adapter";
+
+/** `ENV` entries with `env` over them: an image variable the function sets is replaced, others are kept in order. */
+export function mergeEnv(image: readonly string[], env: Record<string, string>): string[] {
+  const name = (entry: string) => entry.slice(0, entry.indexOf("=") < 0 ? entry.length : entry.indexOf("="));
+  return [...image.filter((e) => !Object.hasOwn(env, name(e))), ...Object.entries(env).map(([k, v]) => `${k}=${v}`)];
 }
 
 /** The annotation by which containerd's runc v2 shim serves several tasks from one shim process. */
@@ -114,10 +129,31 @@ export async function hasSwapAccounting(cgroupRoot = "/sys/fs/cgroup"): Promise<
 
 /** Builds the spec (the image was checked runnable at deploy: it has a command). */
 export function buildSpec(opts: SpecOptions): Record<string, unknown> {
-  const args = [...opts.process.entrypoint, ...opts.process.cmd];
-  const env = opts.process.env.some((e) => e.startsWith("PATH="))
-    ? opts.process.env
-    : [DEFAULT_PATH, ...opts.process.env];
+  const command = [...opts.process.entrypoint, ...opts.process.cmd];
+  const { adapter } = opts;
+  const args = adapter
+    ? [
+      ADAPTER_PATH,
+      "--port",
+      String(adapter.port),
+      "--ready-timeout-ms",
+      String(adapter.readyTimeoutMs),
+      "--",
+      ...command,
+    ]
+    : command;
+  const merged = mergeEnv(opts.process.env, opts.env ?? {});
+  const env = merged.some((e) => e.startsWith("PATH=")) ? merged : [DEFAULT_PATH, ...merged];
+  const ro = ["bind", "ro", "nosuid", "nodev"];
+  const extraMounts = [
+    ...(adapter ? [{ destination: ADAPTER_PATH, type: "bind", source: adapter.path, options: ro }] : []),
+    ...(opts.secrets ?? []).map((s) => ({
+      destination: `/run/secrets/${s.name}`,
+      type: "bind",
+      source: s.path,
+      options: [...ro, "noexec"],
+    })),
+  ];
   const caps = CAPABILITIES;
   const limits = opts.limits ?? {};
   const readonly = (opts.rootfs ?? "readonly") === "readonly";
@@ -169,6 +205,7 @@ export function buildSpec(opts: SpecOptions): Record<string, unknown> {
       { destination: "/sys", type: "sysfs", source: "sysfs", options: ["nosuid", "noexec", "nodev", "ro"] },
       ...tmp,
       { destination: CONTROL_SOCKET, type: "bind", source: opts.controlSocket, options: ["bind", "rw"] },
+      ...extraMounts,
     ],
     linux: {
       namespaces: [{ type: "pid" }, { type: "ipc" }, { type: "uts" }, { type: "mount" }, { type: "network" }],

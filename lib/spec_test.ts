@@ -1,5 +1,5 @@
 import { assertEquals } from "../tests/assert.ts";
-import { buildSpec, hasSwapAccounting } from "./spec.ts";
+import { ADAPTER_PATH, buildSpec, hasSwapAccounting, mergeEnv } from "./spec.ts";
 
 const BASE = {
   cgroupsPath: "/faasd/fn/faasd-test",
@@ -75,4 +75,40 @@ Deno.test("hasSwapAccounting() tells cgroup v1 with and without memsw, and v2", 
   } finally {
     await Deno.remove(root, { recursive: true });
   }
+});
+
+Deno.test("buildSpec() in adapter mode runs the adapter before the image's command and mounts it read-only", () => {
+  // deno-lint-ignore no-explicit-any
+  const spec = buildSpec({ ...BASE, adapter: { path: "/opt/faasd-adapter", port: 8080, readyTimeoutMs: 2500 } }) as any;
+  assertEquals(spec.process.args, [
+    ADAPTER_PATH,
+    "--port",
+    "8080",
+    "--ready-timeout-ms",
+    "2500",
+    "--",
+    "/handler",
+    "hello",
+  ]);
+  // deno-lint-ignore no-explicit-any
+  const mount = spec.mounts.find((m: any) => m.destination === ADAPTER_PATH);
+  assertEquals(mount.source, "/opt/faasd-adapter");
+  assertEquals(mount.options.includes("ro"), true);
+});
+
+Deno.test("buildSpec() puts the function's env over the image's and mounts secrets read-only", () => {
+  const process = { ...BASE.process, env: ["PATH=/bin", "GREETING=hello", "KEEP=1"] };
+  const spec = buildSpec({
+    ...BASE,
+    process,
+    env: { GREETING: "hi", NEW: "x" },
+    secrets: [{ name: "db", path: "/var/lib/faasd/secrets/db" }],
+    // deno-lint-ignore no-explicit-any
+  }) as any;
+  assertEquals(spec.process.env, ["PATH=/bin", "KEEP=1", "GREETING=hi", "NEW=x"]);
+  // deno-lint-ignore no-explicit-any
+  const secret = spec.mounts.find((m: any) => m.destination === "/run/secrets/db");
+  assertEquals(secret.source, "/var/lib/faasd/secrets/db");
+  assertEquals(["bind", "ro", "nosuid", "nodev", "noexec"].every((o) => secret.options.includes(o)), true);
+  assertEquals(mergeEnv(["A=1", "B"], { B: "2" }), ["A=1", "B=2"]);
 });

@@ -5,6 +5,7 @@
  * stand-ins for containerd and the pool, so that test needs neither root nor containerd.
  */
 
+import { Secrets } from "../lib/secrets.ts";
 import { assert, assertEquals, assertMatch, assertStringIncludes } from "./assert.ts";
 import { startContainerd } from "./harness/containerd.ts";
 import { buildHandlerImage, cacheDir } from "./harness/images.ts";
@@ -19,13 +20,20 @@ import { deployedImage } from "./fixtures/deployed.ts";
 
 const CLI = new URL("../cli.ts", import.meta.url).pathname;
 
-async function faas(url: string, args: string[], env: Record<string, string> = {}) {
-  const out = await new Deno.Command(Deno.execPath(), {
+async function faas(url: string, args: string[], env: Record<string, string> = {}, stdin?: string) {
+  const child = new Deno.Command(Deno.execPath(), {
     args: ["run", ...taskPermissions("faas"), CLI, "--url", url, ...args],
     env,
+    stdin: stdin === undefined ? "null" : "piped",
     stdout: "piped",
     stderr: "piped",
-  }).output();
+  }).spawn();
+  if (stdin !== undefined) {
+    const w = child.stdin.getWriter();
+    await w.write(new TextEncoder().encode(stdin));
+    await w.close();
+  }
+  const out = await child.output();
   return {
     code: out.code,
     stdout: new TextDecoder().decode(out.stdout),
@@ -230,6 +238,7 @@ function standInApi(): { url: string; ready: Map<string, number> } & AsyncDispos
     serving: { serve: () => {}, stop: () => {} },
     addresses: { ensure: () => Promise.resolve(false), release: () => Promise.resolve() },
   });
+  const secretsDir = Deno.makeTempDirSync({ prefix: "faasd-cli-test-" });
   const api = createApi({
     functions,
     metrics: new Metrics(),
@@ -238,6 +247,7 @@ function standInApi(): { url: string; ready: Map<string, number> } & AsyncDispos
     logPath: () => "/nonexistent",
     probe: () => Promise.resolve({}),
     pool: { ready: (name) => ready.get(name) ?? 0, status: () => null },
+    secrets: Secrets.open(secretsDir),
   });
   const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, api);
   return {
@@ -246,6 +256,7 @@ function standInApi(): { url: string; ready: Map<string, number> } & AsyncDispos
     [Symbol.asyncDispose]: async () => {
       await server.shutdown();
       registry.close();
+      Deno.removeSync(secretsDir, { recursive: true });
     },
   };
 }
@@ -393,6 +404,78 @@ Deno.test("faas new --min-ready/--max-ready and faas scale size a function's poo
         assertEquals([json.hello.settings, json.other.settings], [{ pids: 64 }, { max_ready: 2 }]);
       },
     );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("faas secret create/list/delete and faas new --env/--secret/--http-port", async (t) => {
+  await using api = standInApi();
+  const dir = await Deno.makeTempDir({ prefix: "faasd-cli-" });
+  try {
+    await Deno.writeFile(`${dir}/hello.tar`, new Uint8Array(10_000));
+    await Deno.writeTextFile(`${dir}/pw`, "s3cret");
+
+    await t.step("secret create reads the value from a file or stdin; list shows names only", async () => {
+      const fromFile = await faas(api.url, ["secret", "create", "db-password", "--from-file", `${dir}/pw`]);
+      assertEquals([fromFile.code, fromFile.stdout], [0, "created secret db-password\n"], fromFile.stderr);
+      const fromStdin = await faas(api.url, ["secret", "create", "api-key"], {}, "k3y");
+      assertEquals(fromStdin.code, 0, fromStdin.stderr);
+      const list = await faas(api.url, ["secret", "list"]);
+      assertEquals(list.stdout.split("\n").map((l) => l.split(/\s+/)[0]), ["NAME", "api-key", "db-password", ""]);
+      assertEquals(list.stdout.includes("s3cret") || list.stdout.includes("k3y"), false);
+      const again = await faas(api.url, ["secret", "create", "db-password", "--from-file", `${dir}/pw`]);
+      assertEquals([again.code, again.stderr], [1, 'faas: secret "db-password" exists already (HTTP 409)\n']);
+    });
+
+    await t.step("new sends --env, --secret and --http-port; list --json shows them, secrets by name", async () => {
+      const r = await faas(api.url, [
+        ...["new", "--tar", `${dir}/hello.tar`, "--name", "web", "--http-port", "8080", "--ready-timeout", "5s"],
+        ...["--env", "GREETING=hi", "--env", "MODE=test", "--secret", "db-password"],
+      ]);
+      assertEquals(r.code, 0, r.stderr);
+      const json = JSON.parse((await faas(api.url, ["list", "--json"])).stdout);
+      assertEquals(json.web.settings, {
+        http_port: 8080,
+        ready_timeout: "5s",
+        env: { GREETING: "hi", MODE: "test" },
+        secrets: ["db-password"],
+      });
+      const bad = await faas(api.url, ["new", "--tar", `${dir}/hello.tar`, "--name", "x", "--env", "NOEQUALS"]);
+      assertEquals([bad.code, bad.stderr], [1, 'faas: invalid --env "NOEQUALS": expected KEY=VALUE\n']);
+      const missing = await faas(api.url, ["new", "--tar", `${dir}/hello.tar`, "--name", "x", "--secret", "nope"]);
+      assertEquals(missing.code, 1);
+      assertStringIncludes(missing.stderr, 'secret "nope" does not exist');
+    });
+
+    await t.step("secret delete refuses a secret in use, then deletes it", async () => {
+      const inUse = await faas(api.url, ["secret", "delete", "db-password"]);
+      assertEquals(inUse.code, 1);
+      assertStringIncludes(inUse.stderr, "used by web");
+      assertEquals((await faas(api.url, ["delete", "web"])).code, 0);
+      const r = await faas(api.url, ["secret", "delete", "db-password"]);
+      assertEquals([r.code, r.stdout], [0, "deleted secret db-password\n"], r.stderr);
+    });
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("faas init writes a template where the user is, and refuses an unknown language or an existing folder", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "faasd-cli-init-" });
+  try {
+    // As `deno task faas` runs it: in the project's folder, with INIT_CWD naming where the user typed the command.
+    const r = await faas("http://127.0.0.1:9", ["init", "http", "web"], { INIT_CWD: dir });
+    assertEquals(r.code, 0, r.stderr);
+    assertStringIncludes(r.stdout, `wrote ${dir}/web/`);
+    assertStringIncludes(r.stdout, "--http-port 8080");
+    assert((await Deno.stat(`${dir}/web/build.sh`)).isFile);
+    const again = await faas("http://127.0.0.1:9", ["init", "http", "web"], { INIT_CWD: dir });
+    assertEquals(again.code, 1);
+    assertStringIncludes(again.stderr, "already exists");
+    const unknown = await faas("http://127.0.0.1:9", ["init", "cobol", "x"], { INIT_CWD: dir });
+    assertEquals(unknown.code, 1);
+    assertStringIncludes(unknown.stderr, "c, go, http, python");
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -5,6 +5,7 @@
  * cannot start, and idle connections cost no container.
  */
 
+import { waitUntil } from "./harness/wait.ts";
 import { assert, assertEquals, assertStringIncludes } from "./assert.ts";
 import { startContainerd } from "./harness/containerd.ts";
 import { buildHandlerImage, type HandlerImageOptions } from "./harness/images.ts";
@@ -29,16 +30,6 @@ async function deploy(
     throw new Error(`deploy ${name}: ${res.status} ${JSON.stringify(body)}`);
   }
   return { url: `http://${body.ip}:${p.port}/`, status: res.status };
-}
-
-/** Polls `check` every 50 ms for up to `ms`; returns whether it became true. */
-async function waitUntil(check: () => boolean | Promise<boolean>, ms = 20_000): Promise<boolean> {
-  const deadline = Date.now() + ms;
-  while (Date.now() < deadline) {
-    if (await check()) return true;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  return await check();
 }
 
 const runningTasks = async (p: TestPlatform) =>

@@ -1,6 +1,6 @@
 /**
  * `deno task gen`: generates the containerd client code into `proto/gen/`, and builds faasd's shim
- * (`shim/faasd-shim.c`, with gcc, static) into `.tools/bin/faasd-shim`.
+ * (`shim/faasd-shim.c`) and adapter (`adapter/faasd-adapter.c`) with gcc, static, into `.tools/bin/`.
  *
  * containerd's `.proto` files are not kept in this repository: they are staged from Debian's
  * `golang-github-containerd-containerd-dev` (the same version as the daemon) and `gogoproto/gogo.proto` from
@@ -64,7 +64,7 @@ async function main(): Promise<void> {
   const newest = Math.max(
     ...(await Promise.all([...wanted, `${root}proto/buf.gen.yaml`, import.meta.filename!].map(mtime))),
   );
-  await buildShim();
+  await buildPrograms();
   if (await mtime(stamp) > newest) return;
 
   const stage = await Deno.makeTempDir({ prefix: "faasd-proto-" });
@@ -95,14 +95,15 @@ async function main(): Promise<void> {
   }
 }
 
-/** Builds faasd's shim unless the binary is newer than its source. */
-async function buildShim(): Promise<void> {
-  const source = `${root}shim/faasd-shim.c`;
-  const binary = `${root}.tools/bin/faasd-shim`;
-  if (await mtime(binary) > await mtime(source)) return;
-  await Deno.mkdir(`${root}.tools/bin`, { recursive: true });
-  await run("gcc", ["-static", "-O2", "-Wall", "-Wextra", "-Werror", "-o", `${binary}.tmp`, source]);
-  await Deno.rename(`${binary}.tmp`, binary);
+/** Builds faasd's static C programs (its shim and its adapter), each unless its binary is newer than its source. */
+async function buildPrograms(): Promise<void> {
+  for (const [source, name] of [["shim/faasd-shim.c", "faasd-shim"], ["adapter/faasd-adapter.c", "faasd-adapter"]]) {
+    const binary = `${root}.tools/bin/${name}`;
+    if (await mtime(binary) > await mtime(`${root}${source}`)) continue;
+    await Deno.mkdir(`${root}.tools/bin`, { recursive: true });
+    await run("gcc", ["-static", "-O2", "-Wall", "-Wextra", "-Werror", "-o", `${binary}.tmp`, `${root}${source}`]);
+    await Deno.rename(`${binary}.tmp`, binary);
+  }
 }
 
 if (import.meta.main) await main();

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(containerd runc podman iproute2 nftables golang-github-containers-common gcc libc6-dev curl ca-certificates python3
+packages=(containerd runc podman iproute2 nftables golang-github-containers-common gcc libc6-dev golang-go curl ca-certificates python3
   golang-github-containerd-containerd-dev golang-github-gogo-protobuf-dev)
 command -v npm >/dev/null || packages+=(npm)
 missing=()

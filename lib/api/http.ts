@@ -12,6 +12,7 @@ import { ImageImportError, withoutHostPaths } from "../images/errors.ts";
 import { ListenError } from "../serve.ts";
 import { HostAddressError } from "../hostaddr.ts";
 import { SettingsError } from "../settings.ts";
+import { SecretConflictError, SecretNotFoundError } from "../secrets.ts";
 
 /** An error that already knows its HTTP status (bad requests found by the handlers themselves). */
 export class HttpError extends Error {
@@ -34,6 +35,8 @@ export function statusOf(e: unknown): number {
   if (e instanceof HttpError) return e.status;
   if (e instanceof FunctionNotFoundError) return 404;
   if (e instanceof SettingsError) return 400; // a setting refused, alone or merged with those set before
+  if (e instanceof SecretNotFoundError) return 400; // a deploy naming a secret that does not exist
+  if (e instanceof SecretConflictError) return 409;
   if (e instanceof PoolExhaustedError) return 503;
   if (e instanceof ImageImportError) {
     if (e.kind === "invalid") return 400;

@@ -19,6 +19,10 @@ import { functionLogs } from "./logs.ts";
 import { metricsEndpoint } from "./metrics.ts";
 import { newFunction } from "./new.ts";
 import { updateFunction } from "./update.ts";
+import { createSecret } from "./secret_create.ts";
+import { listSecrets } from "./secret_list.ts";
+import { deleteSecret } from "./secret_delete.ts";
+import type { Secrets } from "../secrets.ts";
 
 /** What the API needs, handed in by the composition root. */
 export interface ApiDeps {
@@ -35,6 +39,10 @@ export interface ApiDeps {
   stopping?: AbortSignal;
   /** When set, every endpoint but `/healthz` wants `Authorization: Bearer <token>`. */
   token?: string | null;
+  /** The secrets functions may mount. */
+  secrets: Secrets;
+  /** Whether adapter mode (`http_port`) can run here; false refuses it with 503. */
+  adapterBuilt?: boolean;
 }
 
 /** Endpoints answered without a token: health checks come from load balancers and init systems. */
@@ -60,6 +68,9 @@ export function createApi(deps: ApiDeps): (req: Request) => Promise<Response> {
     route("PATCH", "/api/functions/:name", updateFunction(deps)),
     route("DELETE", "/api/functions/:name", deleteFunction(deps)),
     route("GET", "/api/logs/:name", functionLogs(deps)),
+    route("GET", "/api/secrets", listSecrets(deps)),
+    route("POST", "/api/secrets/:name", createSecret(deps)),
+    route("DELETE", "/api/secrets/:name", deleteSecret(deps)),
     route("GET", "/healthz", healthz(deps)),
     route("GET", "/metrics", metricsEndpoint(deps)),
   ];

@@ -4,6 +4,7 @@
  * with stand-ins for containerd, the listeners and the host addresses.
  */
 
+import { Secrets } from "../secrets.ts";
 import { assert, assertEquals, assertStringIncludes } from "../../tests/assert.ts";
 import type { DaemonLimits } from "../config.ts";
 import { Functions } from "../functions.ts";
@@ -43,6 +44,7 @@ function api(pool?: PoolState) {
     serving: { serve: (record) => void served.set(record.name, record), stop: (name) => void served.delete(name) },
     addresses: { ensure: () => Promise.resolve(false), release: () => Promise.resolve() },
   });
+  const secretsDir = Deno.makeTempDirSync({ prefix: "faasd-router-test-" });
   const handle = createApi({
     functions,
     metrics: new Metrics(),
@@ -51,10 +53,15 @@ function api(pool?: PoolState) {
     logPath: () => "/nonexistent",
     probe: () => Promise.resolve({}),
     pool,
+    secrets: Secrets.open(secretsDir),
   });
   const request = (method: string, path: string, body?: BodyInit) =>
     handle(new Request(`http://faasd.test${path}`, { method, body, headers: { "x-image-name": "fn" } }));
-  return { request, registry, served, state, [Symbol.dispose]: () => registry.close() };
+  const dispose = () => {
+    registry.close();
+    Deno.removeSync(secretsDir, { recursive: true });
+  };
+  return { request, registry, served, state, [Symbol.dispose]: dispose };
 }
 
 const tarball = () => new Uint8Array(1024);
@@ -231,4 +238,50 @@ Deno.test("the router allows PATCH and DELETE on /api/functions/NAME", async () 
   assertEquals(res.status, 405);
   assertEquals(res.headers.get("allow"), "PATCH, DELETE");
   await res.body?.cancel();
+});
+
+Deno.test("POST /api/new takes repeated env and secret parameters, and refuses a missing secret before the body", async () => {
+  using a = api();
+  const missing = await a.request("POST", "/api/new?secret=db", tarball());
+  assertEquals(missing.status, 400);
+  assertStringIncludes((await missing.json()).error, 'secret "db" does not exist');
+  assertEquals(a.state.bodiesRead, 0);
+  for (
+    const [query, message] of [["?env=NOEQUALS", "KEY=VALUE"], ["?http_port=0", "http_port"], [
+      "?secret=../x",
+      "secret name",
+    ]]
+  ) {
+    const res = await a.request("POST", `/api/new${query}`, tarball());
+    assertEquals(res.status, 400, query);
+    assertStringIncludes((await res.json()).error, message!);
+  }
+  assertEquals((await a.request("POST", "/api/secrets/db", "pw")).status, 201);
+  const res = await a.request("POST", "/api/new?env=A=1&env=B=2&secret=db&http_port=8080", tarball());
+  assertEquals(res.status, 201, await res.clone().text());
+  assertEquals(a.registry.get("fn")?.settings, { env: { A: "1", B: "2" }, secrets: ["db"], httpPort: 8080 });
+  const listed = await (await a.request("GET", "/api/list")).json();
+  assertEquals(listed.fn.settings, { http_port: 8080, env: { A: "1", B: "2" }, secrets: ["db"] });
+});
+
+Deno.test("/api/secrets stores, lists (names only) and deletes secrets, refusing what it must", async () => {
+  using a = api();
+  assertEquals((await a.request("POST", "/api/secrets/db-password", "s3cret")).status, 201);
+  const again = await a.request("POST", "/api/secrets/db-password", "other");
+  assertEquals(again.status, 409);
+  assertStringIncludes((await again.json()).error, "exists already");
+  assertEquals((await a.request("POST", "/api/secrets/.bad", "x")).status, 400);
+  assertEquals((await a.request("POST", "/api/secrets/empty", "")).status, 400);
+  assertEquals((await a.request("POST", "/api/secrets/big", new Uint8Array(512 * 1024 + 1))).status, 413);
+  const listed = await (await a.request("GET", "/api/secrets")).text();
+  assertStringIncludes(listed, '"name":"db-password"');
+  assertEquals(listed.includes("s3cret"), false, "a value is never answered");
+  await (await a.request("POST", "/api/new?secret=db-password", tarball())).body?.cancel();
+  const inUse = await a.request("DELETE", "/api/secrets/db-password");
+  assertEquals(inUse.status, 409);
+  assertStringIncludes((await inUse.json()).error, "used by fn");
+  await (await a.request("DELETE", "/api/functions/fn")).body?.cancel();
+  assertEquals((await a.request("DELETE", "/api/secrets/db-password")).status, 200);
+  assertEquals((await a.request("DELETE", "/api/secrets/db-password")).status, 404);
+  assertEquals(await (await a.request("GET", "/api/secrets")).json(), []);
 });

@@ -13,6 +13,7 @@ import { concatBytes } from "../bytes.ts";
 import type { DaemonLimits } from "../config.ts";
 import type { Functions } from "../functions.ts";
 import { parseSettings, SETTING_KEYS, type SettingsPatch } from "../settings.ts";
+import { holdRequirements, type RequirementDeps } from "./requirements.ts";
 import { HttpError, json } from "./http.ts";
 import { functionEntry, type PoolState } from "./list.ts";
 
@@ -57,10 +58,18 @@ function parsePatch(text: string, limits: DaemonLimits): SettingsPatch {
 }
 
 /** Builds the handler. */
-export function updateFunction(deps: { functions: Functions; limits: DaemonLimits; pool?: PoolState }) {
+export function updateFunction(
+  deps: { functions: Functions; limits: DaemonLimits; pool?: PoolState } & RequirementDeps,
+) {
   return async (req: Request, name: string): Promise<Response> => {
     const patch = parsePatch(await readBody(req), deps.limits);
-    const record = await deps.functions.update(name, patch);
+    const release = holdRequirements(patch, deps);
+    let record;
+    try {
+      record = await deps.functions.update(name, patch);
+    } finally {
+      release();
+    }
     return json({ name: record.name, ...functionEntry(record, deps.limits, deps.pool) });
   };
 }

@@ -44,6 +44,7 @@ export const HANDLER_MODES = [
   "fork",
   "alloc",
   "probe",
+  "server",
 ] as const;
 
 /** One of {@linkcode HANDLER_MODES}. */

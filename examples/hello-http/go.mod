@@ -1,0 +1,3 @@
+module hello-http
+
+go 1.19
