@@ -4,6 +4,7 @@
  *     deno task faas [--url URL] [--token TOKEN] new IMAGE [--name N] [--tar FILE] [LIMITS] [POOL] [PROCESS]
  *     deno task faas [--url URL] [--token TOKEN] scale NAME [LIMITS] [POOL] [PROCESS] [--default KEY]
  *     deno task faas [--url URL] [--token TOKEN] ip NAME | list [--json] | delete NAME | logs NAME [-f]
+ *     deno task faas [--url URL] [--token TOKEN] stats NAME [--json]
  *     deno task faas [--url URL] [--token TOKEN] secret create NAME [--from-file F] | secret list | secret delete NAME
  *
  * LIMITS are `--memory SIZE --cpu N --pids N --timeout D --rootfs readonly|writable`, POOL `--min-ready N
@@ -34,6 +35,7 @@ Commands:
   list [--json]                       list functions: IMAGE  IP  STATUS  READY (ready/min-max)
   delete NAME                         stop serving a function, free its IP, remove its image
   logs NAME [-f]                      print a function's container output; -f follows it
+  stats NAME [--json]                 requests, latency, CPU and peak memory per request, OOM kills
   init LANG NAME [--dir D]            write a ready-to-build handler directory (LANG: c, python, go, http)
   secret create NAME [--from-file F]  store a secret (its value from F, else from stdin)
   secret list                         list secrets (names only)
@@ -104,6 +106,12 @@ create stores a secret (at most 512 KiB), its value read from F or else from std
 function uses it.
 `,
   logs: "Usage: faas logs NAME [-f]\n\nPrints the output of NAME's containers; -f keeps following it.\n",
+  stats: `Usage: faas stats NAME [--json]
+
+Prints what function NAME used since faasd started: requests by outcome, latency (p50, p99), CPU time and peak
+memory of a request's container (its start included), and OOM kills; or faasd's JSON. Percentiles cover the last
+1024 requests.
+`,
 };
 
 /** A failure to report as one line. */
@@ -429,6 +437,38 @@ async function cmdLogs(api: Target, args: string[]): Promise<void> {
   await res.body?.pipeTo(Deno.stdout.writable, { preventClose: true });
 }
 
+/** The answer of `GET /api/stats/NAME` (lib/stats.ts FunctionSnapshot). */
+interface Stats {
+  requests: number;
+  outcomes: Record<string, number>;
+  latency: { p50Ms: number | null; p99Ms: number | null };
+  cpuPerRequestMs: { mean: number | null; p99: number | null };
+  peakMemoryBytes: { mean: number | null; max: number | null };
+  oomKills: number;
+  measured: number;
+}
+
+async function cmdStats(api: Target, args: string[]): Promise<void> {
+  const { values, positionals } = parseArgs({ args, options: { json: { type: "boolean" } }, allowPositionals: true });
+  const name = positionals[0];
+  if (!name) throw new CliError("faas stats needs a NAME");
+  if (positionals.length > 1) throw new CliError(`unexpected argument ${positionals[1]}`);
+  const s = await (await call(api, `/api/stats/${encodeURIComponent(name)}`)).json() as Stats;
+  if (values.json) return console.log(JSON.stringify(s, null, 2));
+  const ms = (n: number | null) => n === null ? "-" : `${n < 10 ? n.toFixed(1) : Math.round(n)} ms`;
+  const bytes = (n: number | null) => n === null ? "-" : formatBytes(n);
+  const outcomes = Object.entries(s.outcomes).sort(([, a], [, b]) => b - a).map(([o, n]) => `${o} ${n}`);
+  const rows = [
+    ["requests", String(s.requests), outcomes.join(", ")],
+    ["latency", `p50 ${ms(s.latency.p50Ms)}`, `p99 ${ms(s.latency.p99Ms)}`],
+    ["cpu/request", `mean ${ms(s.cpuPerRequestMs.mean)}`, `p99 ${ms(s.cpuPerRequestMs.p99)}`],
+    ["peak memory", `mean ${bytes(s.peakMemoryBytes.mean)}`, `max ${bytes(s.peakMemoryBytes.max)}`],
+    ["oom kills", String(s.oomKills), ""],
+  ];
+  const width = [0, 1].map((i) => Math.max(...rows.map((r) => r[i]!.length)) + 2);
+  for (const r of rows) console.log(`${r[0]!.padEnd(width[0]!)}${r[1]!.padEnd(width[1]!)}${r[2]}`.trimEnd());
+}
+
 /** `faas init` needs no faasd: it only writes files. */
 async function cmdInit(_api: Target, args: string[]): Promise<void> {
   const { values, positionals } = parseArgs({ args, options: { dir: { type: "string" } }, allowPositionals: true });
@@ -495,6 +535,7 @@ const COMMANDS: Record<string, (api: Target, args: string[]) => Promise<void>> =
   list: cmdList,
   delete: cmdDelete,
   logs: cmdLogs,
+  stats: cmdStats,
 };
 
 /** Runs the CLI; returns the exit code. */

@@ -10,12 +10,15 @@
 
 import { daemonHelp, parseDaemonConfig } from "./lib/config.ts";
 import { type Platform, startPlatform } from "./lib/platform.ts";
-
-const log = (message: string) => console.error(`faasd: ${message}`);
+import { configureLog, defaultLogFormat, errorText, log } from "./lib/log.ts";
 
 async function main(): Promise<void> {
   const config = parseDaemonConfig(Deno.args);
   if (config === "help") return console.log(daemonHelp());
+  configureLog({
+    format: config.logFormat === "auto" ? defaultLogFormat() : config.logFormat,
+    level: config.logLevel,
+  });
   // The API address is taken first: a second faasd started by mistake must fail here, before its start-up reaps
   // the first one's containers and images. Requests wait until the platform is up.
   const starting = Promise.withResolvers<Platform>();
@@ -23,11 +26,11 @@ async function main(): Promise<void> {
   const http = Deno.serve({
     hostname: config.api.hostname,
     port: config.api.port,
-    onListen: ({ hostname, port }) => log(`control API on http://${hostname}:${port}`),
+    onListen: ({ hostname, port }) => log.info(`control API on http://${hostname}:${port}`),
   }, async (req) => (await starting.promise).api(req));
   let platform: Platform;
   try {
-    platform = await startPlatform(config, log);
+    platform = await startPlatform(config, (message) => log.info(message));
   } catch (e) {
     starting.reject(e);
     await http.shutdown();
@@ -38,18 +41,18 @@ async function main(): Promise<void> {
   const stopped = Promise.withResolvers<string>();
   for (const signal of ["SIGTERM", "SIGINT"] as const) Deno.addSignalListener(signal, () => stopped.resolve(signal));
   const signal = await stopped.promise;
-  log(`${signal}: stopping; waiting up to ${config.shutdownGraceMs} ms for ${platform.server.inflight} request(s)`);
+  log.info(`${signal}: stopping`, { grace_ms: config.shutdownGraceMs, in_flight: platform.server.inflight });
   // Serving drains (and `logs -f` answers end) while the control API finishes what it is answering.
   await Promise.all([platform.drain(), http.shutdown()]);
   await platform.close();
-  log("stopped");
+  log.info("stopped");
 }
 
 if (import.meta.main) {
   try {
     await main();
   } catch (e) {
-    log(e instanceof Error ? e.message : String(e));
+    log.error(errorText(e));
     Deno.exit(1);
   }
 }

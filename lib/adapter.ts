@@ -9,7 +9,11 @@
 /** Where `deno task gen` builds the adapter. */
 export const BUILT_ADAPTER: string = new URL("../.tools/bin/faasd-adapter", import.meta.url).pathname;
 
-/** The adapter's host path when it is built (an executable file), else null. */
-export async function resolveAdapter(path: string = BUILT_ADAPTER): Promise<string | null> {
+/**
+ * The adapter's host path for `--adapter` (`auto`: where `deno task gen` builds it, else an absolute path) when it is
+ * an executable file; null when there is none (then adapter mode is refused with 503).
+ */
+export async function resolveAdapter(option = "auto", built: string = BUILT_ADAPTER): Promise<string | null> {
+  const path = option === "auto" ? built : option;
   return await Deno.stat(path).then((s) => s.isFile && ((s.mode ?? 0) & 0o111) !== 0 ? path : null, () => null);
 }

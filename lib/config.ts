@@ -5,6 +5,7 @@
  * @module
  */
 
+import { LOG_LEVELS, type LogFormat, type LogLevel } from "./log.ts";
 import { parseArgs } from "node:util";
 import { IpPool } from "./ipam.ts";
 
@@ -22,6 +23,12 @@ export interface DaemonConfig {
    * built; else the runc v2 shim), `runc-v2`, or the absolute path of a shim binary.
    */
   shim: string;
+  /** `--adapter`: faasd-adapter's path for adapter mode; `auto`: where `deno task gen` builds it. */
+  adapter: string;
+  /** `--log-format`: how faasd's own log is written; auto: text on a terminal, else JSON. */
+  logFormat: "auto" | LogFormat;
+  /** `--log-level`. */
+  logLevel: LogLevel;
   snapshotter: string;
   maxImageBytes: number;
   connectTimeoutMs: number;
@@ -101,6 +108,12 @@ export const FLAGS = {
     default: "auto",
     help: "containerd shim of request containers: auto (faasd-shim when built, else runc-v2), runc-v2, or the " +
       "absolute path of a shim binary",
+  },
+  "adapter": {
+    env: "FAASD_ADAPTER",
+    default: "auto",
+    help: "faasd-adapter, run in adapter-mode (--http-port) containers: auto (where deno task gen builds it) or an " +
+      "absolute path",
   },
   "snapshotter": { env: "FAASD_SNAPSHOTTER", default: "overlayfs", help: "containerd snapshotter" },
   "max-image-size": {
@@ -202,6 +215,12 @@ export const FLAGS = {
     default: "auto",
     help: "processes all request containers together may run (auto: 4096)",
   },
+  "log-format": {
+    env: "FAASD_LOG_FORMAT",
+    default: "auto",
+    help: "faasd's own log on stderr: json, text, or auto (text on a terminal, else json)",
+  },
+  "log-level": { env: "FAASD_LOG_LEVEL", default: "info", help: "debug, info, warn or error" },
   "seccomp": {
     env: "FAASD_SECCOMP",
     default: "default",
@@ -379,6 +398,7 @@ export function parseDaemonConfig(
     namespace: get("namespace"),
     runtime: get("runtime"),
     shim: parseShim(get("shim")),
+    adapter: parseAdapter(get("adapter")),
     snapshotter: get("snapshotter"),
     maxImageBytes: parseSize(get("max-image-size"), "--max-image-size"),
     connectTimeoutMs: parseDuration(get("connect-timeout"), "--connect-timeout"),
@@ -411,6 +431,8 @@ export function parseDaemonConfig(
       pids: orAuto(get("total-pids"), (t) => t === "0" ? 0 : parsePositiveInt(t, "--total-pids")),
     },
     seccomp: get("seccomp"),
+    logFormat: oneOf(get("log-format"), ["auto", "json", "text"] as const, "--log-format"),
+    logLevel: oneOf(get("log-level"), LOG_LEVELS, "--log-level"),
     socketGuard: parseSocketGuard(get("socket-guard")),
   };
 }
@@ -418,4 +440,14 @@ export function parseDaemonConfig(
 function parseShim(text: string): string {
   if (text === "auto" || text === "runc-v2" || text.startsWith("/")) return text;
   throw new TypeError(`invalid --shim ${JSON.stringify(text)}: expected auto, runc-v2 or an absolute path`);
+}
+
+function oneOf<T extends string>(text: string, allowed: readonly T[], flag: string): T {
+  if ((allowed as readonly string[]).includes(text)) return text as T;
+  throw new TypeError(`invalid ${flag} ${JSON.stringify(text)}: one of ${allowed.join(", ")}`);
+}
+
+function parseAdapter(text: string): string {
+  if (text === "auto" || text.startsWith("/")) return text;
+  throw new TypeError(`invalid --adapter ${JSON.stringify(text)}: expected auto or an absolute path`);
 }

@@ -167,3 +167,14 @@ Deno.test("parseDuration() and parseSize() read human units", () => {
   assertEquals(parseSize("10MB", "x"), 10_000_000);
   assertThrows(() => parseSize("lots", "x"), TypeError);
 });
+
+Deno.test("parseDaemonConfig() reads --log-format and --log-level, refusing others", () => {
+  const c = parseDaemonConfig(["--log-format", "text", "--log-level", "warn"], () => undefined);
+  if (c === "help") throw new Error("unexpected help");
+  assertEquals([c.logFormat, c.logLevel], ["text", "warn"]);
+  const d = parseDaemonConfig([], () => undefined);
+  if (d === "help") throw new Error("unexpected help");
+  assertEquals([d.logFormat, d.logLevel], ["auto", "info"]);
+  assertThrows(() => parseDaemonConfig(["--log-format", "xml"], () => undefined), TypeError, "--log-format");
+  assertThrows(() => parseDaemonConfig(["--log-level", "loud"], () => undefined), TypeError, "--log-level");
+});

@@ -6,6 +6,8 @@
  * @module
  */
 
+import { errorText, log } from "./log.ts";
+import { traced } from "./trace.ts";
 import { assertValidName } from "./names.ts";
 import { type IpPool, PoolExhaustedError } from "./ipam.ts";
 import type { DeployedImage, FunctionRecord, Registry } from "./registry.ts";
@@ -102,41 +104,56 @@ export class Functions {
     settings: SettingsPatch = {},
   ): Promise<{ record: FunctionRecord; created: boolean }> {
     assertValidName(name);
-    return this.#locked(name, async () => {
-      const { registry, pool, images, serving, addresses } = this.#deps;
-      const before = registry.get(name);
-      mergeSettings(before?.settings ?? {}, settings); // throws for contradicting settings, before the upload is read
-      if (!before && !registry.hasFreeIp(pool)) throw new PoolExhaustedError(pool.cidr);
+    return this.#locked(name, () =>
+      traced("deploy", { function: name }, async (span) => {
+        const { registry, pool, images, serving, addresses } = this.#deps;
+        const before = registry.get(name);
+        mergeSettings(before?.settings ?? {}, settings); // throws for contradicting settings, before the upload is read
+        if (!before && !registry.hasFreeIp(pool)) throw new PoolExhaustedError(pool.cidr);
 
-      const image = await images.import(name, body);
-      let deployed: { record: FunctionRecord; created: boolean };
-      try {
-        deployed = registry.deploy(name, image, pool, settings);
-      } catch (e) {
-        await images.remove(name, image).catch(() => {});
-        throw e;
-      }
-      const { record } = deployed;
-      let added = false;
-      try {
-        added = await addresses.ensure(record.ip);
-        serving.serve(record);
-      } catch (e) {
-        // Undo: the function is as it was before (or gone again), its new image too.
-        if (before) registry.restore(before);
-        else registry.remove(name);
-        if (added) await addresses.release(record.ip).catch(() => {});
-        if (before?.image?.containerdName !== image.containerdName) await images.remove(name, image).catch(() => {});
-        throw e;
-      }
-      // The registry points at the new image now; requests in flight keep the old snapshots they were prepared on.
-      if (before?.image && before.image.containerdName !== image.containerdName) {
-        await images.remove(name, before.image).catch((e) =>
-          console.error(`faasd: removing ${name}'s previous image: ${(e as Error).message}`)
-        );
-      }
-      return deployed;
-    });
+        const image = await traced("image.import", {}, () => images.import(name, body));
+        span.setAttribute("image.digest", image.manifestDigest);
+        let deployed: { record: FunctionRecord; created: boolean };
+        try {
+          deployed = await traced("registry.update", {}, () =>
+            Promise.resolve(registry.deploy(name, image, pool, settings)));
+        } catch (e) {
+          await images.remove(name, image).catch(() => {});
+          throw e;
+        }
+        const { record } = deployed;
+        let added = false;
+        try {
+          added = await addresses.ensure(record.ip);
+          serving.serve(record);
+        } catch (e) {
+          // Undo: the function is as it was before (or gone again), its new image too.
+          if (before) {
+            registry.restore(before);
+          } else registry.remove(name);
+          if (added) {
+            await addresses.release(record.ip).catch(() => {});
+          }
+          if (before?.image?.containerdName !== image.containerdName) {
+            await images.remove(name, image).catch(() => {});
+          }
+          throw e;
+        }
+        // The registry points at the new image now; requests in flight keep the old snapshots they were prepared on.
+        if (before?.image && before.image.containerdName !== image.containerdName) {
+          await images.remove(name, before.image).catch((e) =>
+            log.error("removing the previous image failed", { function: name, error: errorText(e) })
+          );
+        }
+        log.info(deployed.created ? "deployed" : "redeployed", {
+          function: name,
+          ip: record.ip,
+          image: image.imageRef,
+          digest: image.manifestDigest,
+        });
+        span.setAttribute("function.ip", record.ip);
+        return deployed;
+      }));
   }
 
   /**
@@ -154,6 +171,7 @@ export class Functions {
       const before = registry.get(name);
       if (!before) throw new FunctionNotFoundError(name);
       const record = registry.updateSettings(name, patch)!;
+      log.info("settings changed", { function: name, keys: Object.keys(patch).join(",") });
       // A function waiting for its image has nothing to serve; it gets the settings with its first image.
       if (record.status === "active") {
         try {
@@ -187,9 +205,10 @@ export class Functions {
       }
       registry.remove(name);
       await addresses.release(record.ip).catch((e) =>
-        console.error(`faasd: releasing ${record.ip} of ${name}: ${(e as Error).message}`)
+        log.error("releasing the address failed", { function: name, ip: record.ip, error: errorText(e) })
       );
       await this.#deps.onDeleted?.(name).catch(() => {});
+      log.info("deleted", { function: name, ip: record.ip });
       return record;
     });
   }

@@ -12,6 +12,7 @@
  * @module
  */
 
+import { errorText, log } from "./log.ts";
 import type { Poller } from "../ffi/epoll.ts";
 import { ErrnoError } from "../ffi/errno.ts";
 import { type InetAddress, type TcpConn, TcpListener } from "../ffi/socket.ts";
@@ -136,7 +137,11 @@ export class Listeners implements Disposable {
         if (error instanceof ErrnoError && TRANSIENT.has(error.code)) continue;
         // EMFILE, ENFILE, ENOBUFS, ENOMEM: the connection stays queued and the socket readable, so pause this
         // listener rather than being woken for it again and again.
-        console.error(`listen: accept for ${entry.name} failed; pausing ${BACKOFF_MS} ms:`, error);
+        log.error("accept failed; pausing the listener", {
+          function: entry.name,
+          pause_ms: BACKOFF_MS,
+          error: errorText(error),
+        });
         this.#pause(entry);
         return;
       }
@@ -144,7 +149,7 @@ export class Listeners implements Disposable {
       try {
         this.#onConnection(entry.name, conn);
       } catch (error) {
-        console.error(`listen: connection handler for ${entry.name} threw:`, error);
+        log.error("connection handler threw", { function: entry.name, error: errorText(error) });
         conn.close();
       }
     }
@@ -158,7 +163,7 @@ export class Listeners implements Disposable {
       try {
         this.#watch(entry);
       } catch (error) {
-        console.error(`listen: cannot resume ${entry.name}:`, error);
+        log.error("cannot resume the listener", { function: entry.name, error: errorText(error) });
       }
     }, BACKOFF_MS);
   }

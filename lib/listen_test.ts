@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { configureLog } from "./log.ts";
 import { Poller } from "../ffi/epoll.ts";
 import { ErrnoError } from "../ffi/errno.ts";
 import type { TcpConn } from "../ffi/socket.ts";
@@ -108,9 +109,8 @@ Deno.test("Listeners.add() throws bind errors and duplicate names without regist
 
 Deno.test("Listeners keeps accepting after onConnection throws, and closes that connection", async () => {
   await using poller = new Poller();
-  const logged: unknown[][] = [];
-  const originalError = console.error;
-  console.error = (...args: unknown[]) => void logged.push(args);
+  const logged: string[] = [];
+  const restore = configureLog({ format: "text", level: "info", write: (line) => void logged.push(line) });
   try {
     using inbox = new Inbox();
     let first = true;
@@ -128,9 +128,9 @@ Deno.test("Listeners keeps accepting after onConnection throws, and closes that 
     using _ok = await connect(listeners, "flaky");
     await inbox.until(1);
     assert.equal(logged.length, 1);
-    assert.match(String(logged[0][0]), /handler for flaky threw/);
+    assert.match(logged[0]!, /connection handler threw function=flaky error="handler bug"/);
   } finally {
-    console.error = originalError;
+    restore();
   }
 });
 
@@ -154,15 +154,16 @@ Deno.test("Listeners backs off instead of spinning while accept() fails with EMF
   const code = `
     import { Poller } from "${ffi}epoll.ts";
     import { Listeners } from "${lib}listen.ts";
+    import { configureLog } from "${lib}log.ts";
     const poller = new Poller();
     let errors = 0;
     const hog = [];
-    console.error = (...args) => {
+    configureLog({ format: "text", level: "info", write: (line) => {
       if (errors++ === 0) {
-        console.log(JSON.stringify({ first: String(args.at(-1)) }));
+        console.log(JSON.stringify({ first: line }));
         setTimeout(() => hog.splice(0).forEach((file) => file.close()), 500);
       }
-    };
+    } });
     const listeners = new Listeners(poller, (_name, conn) => {
       conn.close();
       console.log(JSON.stringify({ errors }));

@@ -28,6 +28,7 @@
  * @module
  */
 
+import { errorText, log } from "./log.ts";
 import type { Poller } from "../ffi/epoll.ts";
 import { FifoReader } from "../ffi/fifo.ts";
 import { assertValidName } from "./names.ts";
@@ -151,7 +152,7 @@ export class FunctionLog implements AsyncDisposable {
       this.#failing = false;
     } catch (e) {
       // Report the first failure of a run only: a full disk would otherwise print one line per write.
-      if (!this.#failing) console.error(`logs: cannot write ${this.path}: ${(e as Error).message}`);
+      if (!this.#failing) log.error("cannot write a function log", { path: this.path, error: errorText(e) });
       this.#failing = true;
       this.#release();
     }
@@ -313,7 +314,7 @@ export class ContainerOutput implements AsyncDisposable {
       if (this.#dropped > 0) this.#append(this.#marker(`${this.#dropped} bytes of output dropped`));
       this.#reader.close();
     } catch (e) {
-      console.error(`logs: closing the output of ${this.containerId}:`, e);
+      log.error("closing a container's output failed", { container: this.containerId, error: errorText(e) });
       try {
         this.#reader.close();
       } catch {
@@ -363,7 +364,7 @@ export class ContainerOutput implements AsyncDisposable {
       else this.#watch();
     } catch (e) {
       // Only #watch can throw, once the poller is closed: the daemon is stopping.
-      console.error(`logs: cannot keep reading the output of ${this.containerId}:`, e);
+      log.error("cannot keep reading a container's output", { container: this.containerId, error: errorText(e) });
     }
   }
 
@@ -380,7 +381,7 @@ export class ContainerOutput implements AsyncDisposable {
     try {
       n = this.#reader.read(buffer);
     } catch (e) {
-      console.error(`logs: reading the output of ${this.containerId}:`, e);
+      log.error("reading a container's output failed", { container: this.containerId, error: errorText(e) });
       n = 0;
     }
     if (n === null) return 0;

@@ -92,6 +92,8 @@ export class Histogram extends Metric {
 }
 
 const SECONDS = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
+/** 1 MiB to 4 GiB, doubling. */
+const BYTES = Array.from({ length: 13 }, (_, i) => 2 ** (20 + i));
 
 /** The series faasd exports. */
 export class Metrics {
@@ -128,6 +130,19 @@ export class Metrics {
   readonly breakerOpen = new Gauge("faasd_breaker_open", "1 while a function's breaker is open (failing), else 0.");
   readonly deploys = new Counter("faasd_deploys_total", "Deploys, by outcome.");
   readonly functions = new Gauge("faasd_functions", "Deployed functions.");
+  readonly containerCpuSeconds = new Counter(
+    "faasd_container_cpu_seconds_total",
+    "CPU time of request containers (runc's init included), by function; read from the cgroup at removal.",
+  );
+  readonly containerPeakMemory = new Histogram(
+    "faasd_container_peak_memory_bytes",
+    "The most memory a request container was charged at once, by function.",
+    BYTES,
+  );
+  readonly containerOomKills = new Counter(
+    "faasd_container_oom_kills_total",
+    "Processes of request containers killed by the OOM killer, by function.",
+  );
 
   /** The exposition text. */
   render(): string {
@@ -144,6 +159,9 @@ export class Metrics {
       this.breakerOpen,
       this.deploys,
       this.functions,
+      this.containerCpuSeconds,
+      this.containerPeakMemory,
+      this.containerOomKills,
     ].map((m) => m.render()).join("\n") + "\n";
   }
 }

@@ -15,6 +15,8 @@ import { ensureAddress, ownAddresses, releaseAddress } from "./hostaddr.ts";
 import { containerdImageStore, reapImages } from "./image_store.ts";
 import { reapRootfsMounts } from "./images/user.ts";
 import { Metrics } from "./metrics.ts";
+import { FunctionStats } from "./stats.ts";
+import type { ContainerUsage } from "./usage.ts";
 import { Server } from "./serve.ts";
 import { reapLeftovers, socketDir } from "./spawn.ts";
 import { CAPABILITIES, hasSwapAccounting } from "./spec.ts";
@@ -38,6 +40,8 @@ export interface Platform {
   containerd: Containerd;
   server: Server;
   metrics: Metrics;
+  /** Requests, latency and container usage per function. */
+  stats: FunctionStats;
   /** The parent cgroup of every request container. */
   cgroup: ParentCgroup;
   /** The installed socket guard; null when the operator opted out. */
@@ -113,8 +117,14 @@ export async function startPlatform(config: DaemonConfig, log: (message: string)
       ? " (faasd-shim is not built: tools/setup.sh builds it)"
       : "";
     log(`containers run under the shim ${shim}${unbuilt}`);
-    const adapter = await resolveAdapter();
-    if (!adapter) log("faasd-adapter is not built (deno task gen builds it): functions cannot use --http-port");
+    const adapter = await resolveAdapter(config.adapter);
+    if (!adapter) {
+      log(
+        `faasd-adapter is not at ${
+          config.adapter === "auto" ? "its build place (deno task gen builds it)" : config.adapter
+        }: functions cannot use --http-port`,
+      );
+    }
     const secrets = Secrets.open(stateDir);
     const totals = autoTotals(config.totals);
     // A container's CPU quota may not pass its parent's (cgroup v1 refuses it): the total caps the per-container limit.
@@ -122,6 +132,7 @@ export async function startPlatform(config: DaemonConfig, log: (message: string)
     if (limits.cpus !== config.limits.cpus) log(`--cpu-limit lowered to --total-cpu: ${limits.cpus} CPUs`);
     poller = new Poller();
     const metrics = new Metrics();
+    const stats = new FunctionStats({ metrics, known: (name) => registry.get(name) !== null });
     const logs = new Logs({ stateDir, maxBytes: config.logMaxBytes, poller });
     const cgroupParent = `/${config.namespace}`;
     const spawnDeps = {
@@ -138,6 +149,8 @@ export async function startPlatform(config: DaemonConfig, log: (message: string)
       seccomp,
       adapter,
       secretPath: (name: string) => secrets.path(name),
+      onUsage: (fn: string, _id: string, usage: ContainerUsage, served: boolean) =>
+        stats.recordUsage(fn, usage, served),
     };
     // What a previous run left goes first: its containers still count against the parent cgroup's limits.
     const reaped = await reapLeftovers(spawnDeps);
@@ -166,6 +179,7 @@ export async function startPlatform(config: DaemonConfig, log: (message: string)
       },
       sizing: (record) => poolSizing(record.settings, limits),
       socketMark: guard ? GUARD_MARK : null,
+      onRequest: (fn, outcome, seconds) => stats.recordRequest(fn, outcome, seconds),
     });
     // Images are mounted here to read their /etc/passwd; a lookup a previous run died in leaves a mount to reap.
     const mountDir = `${stateDir}/mnt`;
@@ -187,6 +201,7 @@ export async function startPlatform(config: DaemonConfig, log: (message: string)
         await logs.forget(name);
         await removeLogs(logPath(stateDir, name));
         await cgroup.removeFunction(name);
+        stats.forget(name);
       },
     });
 
@@ -206,6 +221,7 @@ export async function startPlatform(config: DaemonConfig, log: (message: string)
     const api = createApi({
       functions,
       metrics,
+      stats,
       maxImageBytes: config.maxImageBytes,
       limits,
       logPath: (name) => logPath(stateDir, name),
@@ -234,6 +250,7 @@ export async function startPlatform(config: DaemonConfig, log: (message: string)
       containerd,
       server,
       metrics,
+      stats,
       cgroup,
       guard,
       drain,

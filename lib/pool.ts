@@ -20,6 +20,7 @@
  * @module
  */
 
+import { errorText, log } from "./log.ts";
 import type { FunctionRecord } from "./registry.ts";
 
 /** What the pool needs of a container (spawn.ts's RequestContainer in production). */
@@ -410,7 +411,7 @@ export class Pools<C extends PoolContainer = PoolContainer> {
     } catch (e) {
       transient = this.#opts.transient?.(e) ?? false;
       if (!this.#closing.signal.aborted && !transient) {
-        console.error(`faasd: ${p.name}: starting a container: ${(e as Error).message}`);
+        log.warn("container start failed", { function: p.name, error: errorText(e) });
       }
       outcome = "error";
     } finally {

@@ -10,6 +10,7 @@
  * @module
  */
 
+import { errorText, log } from "./log.ts";
 import { ErrnoError } from "../ffi/errno.ts";
 import { isUnavailable } from "./containerd/errors.ts";
 import type { TcpConn } from "../ffi/socket.ts";
@@ -18,6 +19,8 @@ import type { Metrics } from "./metrics.ts";
 import { type Lease, type PoolContainer, type PoolOptions, Pools, PoolUnavailableError, type Sizing } from "./pool.ts";
 import type { FunctionRecord } from "./registry.ts";
 import { ShimGroups } from "./shim_groups.ts";
+import { randomHex } from "./random.ts";
+import { detached, failed, recordSpan, type Span, startSpan } from "./trace.ts";
 import { RequestContainer, type SpawnDeps } from "./spawn.ts";
 
 /** How long a function's shim group outlives its last container, for the next one. */
@@ -44,6 +47,9 @@ export interface ServedContainer extends PoolContainer {
   handoff(fd: number): void;
   /** Kills what runs (the request overran its time). */
   kill(): Promise<void>;
+  /** When its start began and when it connected (epoch ms), for traces; absent for stand-ins. */
+  readonly startedAt?: number;
+  readonly connectedAt?: number;
 }
 
 /** What the server needs, handed in by the composition root. */
@@ -61,6 +67,8 @@ export interface ServerDeps extends SpawnDeps {
   socketMark: number | null;
   /** Starts a container; tests hand in a stand-in. Default: a RequestContainer through containerd. */
   start?: (record: FunctionRecord, signal: AbortSignal) => Promise<ServedContainer>;
+  /** Called once per connection with its outcome and how long it took (stats.ts). */
+  onRequest?: (fn: string, outcome: Outcome, seconds: number) => void;
 }
 
 /** Handoffs tried per connection: a container found dead at the handoff is replaced by the next ready one. */
@@ -116,7 +124,8 @@ export class Server {
 
   constructor(deps: ServerDeps) {
     this.#deps = deps;
-    this.#listeners = new Listeners(deps.poller, (name, conn) => this.#track(this.#handle(name, conn)));
+    // Connections start traces of their own, whatever was active when the listener began (a deploy, for one).
+    this.#listeners = new Listeners(deps.poller, (name, conn) => detached(() => this.#track(this.#handle(name, conn))));
     this.#shims = new ShimGroups((record, options) => RequestContainer.start(deps, record, options), {
       size: deps.pool.shimGroupSize,
       lingerMs: SHIM_GROUP_LINGER_MS,
@@ -201,7 +210,7 @@ export class Server {
   #track(task: Promise<void>): void {
     this.#tasks.add(task);
     // #handle answers its own failures; anything escaping it is a bug, logged rather than crashing the daemon.
-    task.catch((e) => console.error("faasd: internal error serving a connection:", e))
+    task.catch((e) => log.error("internal error serving a connection", { error: errorText(e), stack: e?.stack }))
       .finally(() => this.#tasks.delete(task));
   }
 
@@ -209,8 +218,16 @@ export class Server {
   async #handle(name: string, conn: TcpConn): Promise<void> {
     const { metrics, socketMark } = this.#deps;
     const started = performance.now();
+    const request = randomHex(8);
+    // Costless when tracing is off: the API's span records nothing, and the steps are recorded only when it does.
+    const span = startSpan("connection", { function: name, request });
+    const at: Record<string, number> = { accept: Date.now() };
     let outcome: Outcome = "error";
     let lease: Lease<ServedContainer> | null = null;
+    /** Milliseconds from the first bytes to the handoff (the wait for a container), and the container's id. */
+    let waitedMs: number | undefined;
+    let firstBytesAt: number | undefined;
+    let container: string | undefined;
     metrics.inflight.add({ function: name }, 1);
     try {
       if (socketMark !== null) {
@@ -218,7 +235,7 @@ export class Server {
           conn.setMark(socketMark);
         } catch (e) {
           // Without its mark the socket could be reconnected anywhere by the handler: never hand it over unmarked.
-          console.error(`faasd: ${name}: ${(e as Error).message}`);
+          log.error("cannot mark the socket", { function: name, error: errorText(e) });
           answer(conn, 503, `function ${name} cannot be served safely now`);
           return;
         }
@@ -227,6 +244,8 @@ export class Server {
         outcome = "idle";
         return;
       }
+      firstBytesAt = performance.now();
+      at.firstBytes = Date.now();
       for (let attempt = 0;; attempt++) {
         try {
           lease = await this.#pools.acquire(name, attempt > 0);
@@ -236,7 +255,13 @@ export class Server {
           answer(conn, 503, e.message);
           return;
         }
-        if (tryHandoff(lease.container, conn)) break;
+        at.acquired = Date.now();
+        if (tryHandoff(lease.container, conn)) {
+          waitedMs = performance.now() - firstBytesAt;
+          container = lease.container.id;
+          at.handedOff = Date.now();
+          break;
+        }
         // Its control connection is gone: it died after it was ready. The next one, a bounded number of times.
         lease.failed();
         lease = null;
@@ -246,18 +271,58 @@ export class Server {
           return;
         }
       }
-      outcome = await this.#serve(lease.container, conn);
+      const c = lease.container;
+      if (span.isRecording()) this.#traceStart(span, c, at);
+      outcome = await this.#serve(c, conn);
+      at.exited = Date.now();
     } catch (e) {
-      console.error(`faasd: ${name}: ${(e as Error).message}`);
+      log.error("serving failed", { function: name, request, error: errorText(e) });
       if (conn.bytesSent() === 0n) answer(conn, 502, `function ${name} could not be served`);
     } finally {
       // The request is decided: the container goes (off the client's path), the client is closed cleanly.
       lease?.release();
-      metrics.requestSeconds.observe({ function: name }, (performance.now() - started) / 1000);
+      const ms = performance.now() - started;
+      metrics.requestSeconds.observe({ function: name }, ms / 1000);
       metrics.requests.inc({ function: name, outcome });
+      this.#deps.onRequest?.(name, outcome, ms / 1000);
+      at.closing = Date.now();
       await this.#closeClient(conn);
       metrics.inflight.add({ function: name }, -1);
+      if (span.isRecording()) this.#traceEnd(span, at, outcome, container);
+      // The one line a request writes at info: its outcome and timings (never a byte of the request).
+      log.info("request", {
+        function: name,
+        request,
+        outcome,
+        ms: Math.round(ms * 10) / 10,
+        waited_ms: waitedMs === undefined ? undefined : Math.round(waitedMs * 10) / 10,
+        container,
+      });
     }
+  }
+
+  /** Records how the connection got its container: the start it waited for, or a take from the pool. */
+  #traceStart(span: Span, c: ServedContainer, at: Record<string, number>): void {
+    span.setAttribute("container", c.id);
+    const waitedForStart = c.connectedAt !== undefined && c.connectedAt > at.firstBytes!;
+    if (waitedForStart && c.startedAt !== undefined) {
+      recordSpan(span, "container.start", c.startedAt, c.connectedAt!, { container: c.id });
+    }
+    recordSpan(span, "queued", at.firstBytes!, at.acquired!, { from: waitedForStart ? "start" : "pool" });
+    recordSpan(span, "handoff", at.acquired!, at.handedOff!, { container: c.id });
+  }
+
+  /** Records the steps after the handoff and ends the connection's span. */
+  #traceEnd(span: Span, at: Record<string, number>, outcome: Outcome, container: string | undefined): void {
+    if (at.firstBytes !== undefined) recordSpan(span, "first_bytes", at.accept!, at.firstBytes);
+    if (at.handedOff !== undefined && at.exited !== undefined) {
+      recordSpan(span, "handler", at.handedOff, at.exited, { container });
+    }
+    const closed = Date.now();
+    recordSpan(span, "close", at.closing!, closed);
+    span.setAttribute("outcome", outcome);
+    if (outcome !== "ok") failed(span, outcome);
+    span.end(closed);
   }
 
   /**
@@ -289,7 +354,7 @@ export class Server {
     const exited = c.exited.then(() => "exited" as const, () => "exited" as const);
     const end = await Promise.race([exited, overran]).finally(() => clearTimeout(timer));
     if (end === "timeout") {
-      await c.kill().catch((e) => console.error(`faasd: ${name}: killing ${c.id}: ${(e as Error).message}`));
+      await c.kill().catch((e) => log.error("kill failed", { function: name, container: c.id, error: errorText(e) }));
       await exited;
       const why = this.#shutdown.signal.aborted ? "faasd is stopping" : `it ran past its ${c.timeoutMs} ms`;
       if (conn.bytesSent() === 0n) answer(conn, 504, `function ${name} did not answer: ${why}`);

@@ -16,6 +16,8 @@
  * @module
  */
 
+import { errorText, log } from "./log.ts";
+
 /** The mark on every accepted client socket ("faas" in ASCII): chosen to stay clear of common policy-routing marks. */
 export const GUARD_MARK = 0x66616173;
 
@@ -121,7 +123,7 @@ export class SocketGuard implements AsyncDisposable {
   /** Deletes the table. Idempotent; a failure is logged (the next start replaces the table anyway). */
   remove(): Promise<void> {
     return this.#removed ??= nft(`table inet ${this.table}\ndelete table inet ${this.table}\n`).catch((e) =>
-      console.error(`faasd: removing the socket guard: ${(e as Error).message}`)
+      log.error("removing the socket guard failed", { error: errorText(e) })
     );
   }
 

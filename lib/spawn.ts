@@ -10,6 +10,7 @@
  * @module
  */
 
+import { errorText, log } from "./log.ts";
 import type { Containerd } from "./containerd/client.ts";
 import { answers, untilContainerdAnswers } from "./containerd/availability.ts";
 import { isNotFound } from "./containerd/errors.ts";
@@ -26,6 +27,8 @@ import type { ContainerOutput, Logs } from "./logs.ts";
 import { randomHex } from "./random.ts";
 import { LABELS } from "./labels.ts";
 import { withoutHostPaths } from "./images/errors.ts";
+import { type ContainerUsage, readUsage } from "./usage.ts";
+import { tracedRoot } from "./trace.ts";
 
 /** Labels on every per-request container, snapshot and lease. */
 export const OWNED_LABELS = { [LABELS.kind]: "request" } as const;
@@ -67,6 +70,8 @@ export interface SpawnDeps {
   adapter: string | null;
   /** Host path of secret `name`, mounted at `/run/secrets/NAME` (secrets.ts). */
   secretPath: (name: string) => string;
+  /** What a started container used (read from its cgroup at removal); `served`: it was handed a client. */
+  onUsage?: (fn: string, id: string, usage: ContainerUsage, served: boolean) => void;
 }
 
 /** What an adapter-mode container has, past its server's ready timeout, to connect to its control socket. */
@@ -98,6 +103,9 @@ export class RequestContainer {
   #output: ContainerOutput | null = null;
   /** How long this container may serve its request (the function's timeout setting, or the daemon's). */
   timeoutMs = 0;
+  /** When its start began and when it connected (epoch ms): a connection's trace shows the start it waited for. */
+  readonly startedAt: number = Date.now();
+  connectedAt: number | undefined;
   /**
    * How long it may take to connect to its control socket, when longer than the daemon's: an adapter-mode container
    * connects only once its server listens, within the function's ready timeout.
@@ -117,6 +125,9 @@ export class RequestContainer {
    */
   #initGone = false;
   #removed: Promise<void> | null = null;
+  /** The cgroup of a started container (its usage is read at removal); null: never started. */
+  #cgroupsPath: string | null = null;
+  #served = false;
   #onRemoved: (() => void) | null = null;
 
   private constructor(deps: SpawnDeps, fn: string, id: string, listener: UnixListener) {
@@ -140,7 +151,12 @@ export class RequestContainer {
     const c = new RequestContainer(deps, fn.name, id, listener);
     c.#onRemoved = options.onRemoved ?? null;
     try {
-      await c.#create(fn, options);
+      // A trace of its own: a pooled start serves no connection yet (a connection's trace shows the start it waited for).
+      await tracedRoot(
+        options.anchor ? "shim_anchor.start" : "container.start",
+        { function: fn.name, container: id },
+        () => c.#create(fn, options),
+      );
       return c;
     } catch (e) {
       // The user reads the function's log, not faasd's: say there why (containerd's host paths left out).
@@ -160,11 +176,12 @@ export class RequestContainer {
     };
     const limits = effectiveLimits(fn.settings, this.#deps.limits);
     const scratchBytes = this.#deps.limits.scratchBytes;
+    const cgroupsPath = `${this.#deps.cgroupParent}/${fn.name}/${this.id}`;
     const spec = buildSpec({
       hostname: fn.name,
       process: image.config,
       controlSocket: this.#listener.path,
-      cgroupsPath: `${this.#deps.cgroupParent}/${fn.name}/${this.id}`,
+      cgroupsPath,
       limits: { ...limits, scratchBytes, swapAccounting: this.#deps.swapAccounting },
       rootfs: limits.rootfs,
       seccomp: this.#deps.seccomp,
@@ -214,6 +231,7 @@ export class RequestContainer {
     this.#ended = this.#exited.then(() => {}, () => {});
     if (options.anchor) return; // created, never started: runc's init waits, holding the shim, and runs nothing
     const pid = await containerd.startTask(this.id);
+    this.#cgroupsPath = cgroupsPath;
     this.#ended = this.#watchExit(pid);
   }
 
@@ -301,6 +319,7 @@ export class RequestContainer {
       const conn = this.#listener.accept();
       if (conn) {
         this.#control = conn;
+        this.connectedAt = Date.now();
         return "connected";
       }
       const left = deadline - Date.now();
@@ -353,6 +372,7 @@ export class RequestContainer {
   handoff(fd: number): void {
     if (!this.#control) throw new Error("handoff() before the container connected");
     this.#control.sendFd(fd);
+    this.#served = true;
     // The container has what it needs; nothing more travels on the control socket.
     this.#control.close();
     this.#listener.close();
@@ -381,6 +401,15 @@ export class RequestContainer {
     return this.remove();
   }
 
+  async #reportUsage(cgroupsPath: string, onUsage: NonNullable<SpawnDeps["onUsage"]>): Promise<void> {
+    try {
+      const usage = await readUsage(cgroupsPath);
+      if (usage) onUsage(this.function, this.id, usage, this.#served);
+    } catch (e) {
+      log.error("reading usage failed", { function: this.function, container: this.id, error: errorText(e) });
+    }
+  }
+
   async #remove(): Promise<void> {
     const { containerd, snapshotter } = this.#deps;
     // Each step is retried while containerd is restarting; an error containerd itself gives is final.
@@ -397,7 +426,7 @@ export class RequestContainer {
             await untilContainerdAnswers(containerd, deadline);
             continue;
           }
-          console.error(`faasd: cleanup of ${this.id}: ${what}: ${(e as Error).message}`);
+          log.error(`cleanup: ${what} failed`, { function: this.function, container: this.id, error: errorText(e) });
           return false;
         }
       }
@@ -414,6 +443,8 @@ export class RequestContainer {
         // Without a wait of our own (the create call failed), containerd's word on the exit is asked now.
         await step("wait task", () => this.#exited ?? containerd.waitTask(this.id));
       }
+      // The task's cgroup goes with it: what the container used is read first, its processes gone by now.
+      if (this.#cgroupsPath && this.#deps.onUsage) await this.#reportUsage(this.#cgroupsPath, this.#deps.onUsage);
       taskGone = await step("delete task", () => containerd.deleteTask(this.id)) ||
         await containerd.getTask(this.id).then((t) => t === null, () => false);
       await step("close pidfd", () => Promise.resolve(this.#pidfd?.close()));
@@ -439,7 +470,7 @@ export async function reapLeftovers(deps: Pick<SpawnDeps, "containerd" | "stateD
   const { containerd, snapshotter } = deps;
   const filter = `labels."${LABELS.kind}"==request`;
   const swallow = (e: unknown) => {
-    if (!isNotFound(e)) console.error(`faasd: reaping: ${(e as Error).message}`);
+    if (!isNotFound(e)) log.error("reaping failed", { error: errorText(e) });
   };
   const containers = await containerd.listContainers(filter);
   const anchors = containers.filter((c) => c.labels[LABELS.role] === "shim-anchor").length;

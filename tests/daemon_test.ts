@@ -189,3 +189,27 @@ Deno.test("a second faasd on a busy --api exits before touching the first one's 
   assertEquals(await first.stop("SIGTERM"), 0);
   assertEquals((await pending).status, 504);
 });
+
+Deno.test("faasd logs JSON lines: one per request with its outcome and timings, deploys and deletes, no request bytes", async () => {
+  await using ctd = await startContainerd();
+  const d = await startDaemon(ctd); // stderr is a pipe here: JSON by default
+  const { ip } = await upload(d.url, "hello", await buildHandlerImage("hello"));
+  const r = await curl(`http://${ip}:${d.port}/`, { data: "password=hunter2", args: ["-H", "X-Token: s3cr3t-t0ken"] });
+  assertEquals(r.status, 200);
+  const del = await fetch(`${d.url}/api/functions/hello`, { method: "DELETE" });
+  assertEquals(del.status, 200);
+  await del.body?.cancel();
+  assertEquals(await d.stop("SIGTERM"), 0);
+  const lines = d.output().split("\n").filter((l) => l.startsWith("{"));
+  const events = lines.map((l) => JSON.parse(l));
+  for (const e of events) {
+    assert(typeof e.time === "string" && typeof e.level === "string" && typeof e.msg === "string");
+  }
+  const requests = events.filter((e) => e.msg === "request");
+  assertEquals(requests.length, 1, lines.join("\n"));
+  assertEquals([requests[0].function, requests[0].outcome, requests[0].level], ["hello", "ok", "info"]);
+  assert(requests[0].ms > 0 && requests[0].waited_ms >= 0 && /^faasd-/.test(requests[0].container), lines.join("\n"));
+  assertEquals(events.filter((e) => e.msg === "deployed").map((e) => [e.function, e.ip]), [["hello", ip]]);
+  assertEquals(events.filter((e) => e.msg === "deleted").map((e) => e.function), ["hello"]);
+  assert(!d.output().includes("hunter2") && !d.output().includes("s3cr3t-t0ken"), "no request byte is logged");
+});

@@ -216,7 +216,16 @@ Deno.test("containerd restarting while containers start leaves no task, containe
 async function shimPids(namespace: string): Promise<number[]> {
   const out = await new Deno.Command("pgrep", { args: ["-f", `containerd-shim-runc-v2 -namespace ${namespace} `] })
     .output();
-  return new TextDecoder().decode(out.stdout).split("\n").filter(Boolean).map(Number);
+  const pids = new TextDecoder().decode(out.stdout).split("\n").filter(Boolean).map(Number);
+  // The shims themselves, not the short-lived `start` and `delete` commands containerd runs per task.
+  return pids.filter((pid) => {
+    try {
+      const argv = Deno.readTextFileSync(`/proc/${pid}/cmdline`).split("\0").filter(Boolean);
+      return !["start", "delete"].includes(argv.at(-1)!);
+    } catch {
+      return false; // gone meanwhile
+    }
+  });
 }
 
 Deno.test("a function's containers share one shim, which goes when the function goes idle", async () => {

@@ -5,6 +5,7 @@
  * @module
  */
 
+import { errorText, log } from "../log.ts";
 import { FunctionNotFoundError } from "../functions.ts";
 import { PoolExhaustedError } from "../ipam.ts";
 import { ContainerdError, isUnavailable } from "../containerd/errors.ts";
@@ -54,10 +55,10 @@ export function statusOf(e: unknown): number {
 export function errorResponse(e: unknown): Response {
   const status = statusOf(e);
   let message = e instanceof Error ? e.message : String(e);
-  if (status === 500) console.error("faasd: internal error:", e);
+  if (status === 500) log.error("internal error", { error: errorText(e), stack: (e as Error)?.stack });
   if (e instanceof ContainerdError) {
     // containerd's messages name paths on the host: the operator's log has them, the client does not.
-    console.error(`faasd: ${message}`);
+    log.error("containerd refused", { error: message });
     message = withoutHostPaths(message);
   }
   return json({ error: message }, status);

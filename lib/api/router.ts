@@ -23,6 +23,8 @@ import { createSecret } from "./secret_create.ts";
 import { listSecrets } from "./secret_list.ts";
 import { deleteSecret } from "./secret_delete.ts";
 import type { Secrets } from "../secrets.ts";
+import { FunctionStats } from "../stats.ts";
+import { functionStats } from "./stats.ts";
 
 /** What the API needs, handed in by the composition root. */
 export interface ApiDeps {
@@ -43,6 +45,8 @@ export interface ApiDeps {
   secrets: Secrets;
   /** Whether adapter mode (`http_port`) can run here; false refuses it with 503. */
   adapterBuilt?: boolean;
+  /** Requests and container usage per function; absent: every function shows none. */
+  stats?: FunctionStats;
 }
 
 /** Endpoints answered without a token: health checks come from load balancers and init systems. */
@@ -68,6 +72,7 @@ export function createApi(deps: ApiDeps): (req: Request) => Promise<Response> {
     route("PATCH", "/api/functions/:name", updateFunction(deps)),
     route("DELETE", "/api/functions/:name", deleteFunction(deps)),
     route("GET", "/api/logs/:name", functionLogs(deps)),
+    route("GET", "/api/stats/:name", functionStats({ ...deps, stats: deps.stats ?? new FunctionStats() })),
     route("GET", "/api/secrets", listSecrets(deps)),
     route("POST", "/api/secrets/:name", createSecret(deps)),
     route("DELETE", "/api/secrets/:name", deleteSecret(deps)),

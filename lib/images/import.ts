@@ -10,6 +10,7 @@
  * @module
  */
 
+import { errorText, log } from "../log.ts";
 import {
   type Containerd,
   ContainerdError,
@@ -27,6 +28,7 @@ import { unpackLayers } from "./unpack.ts";
 import { resolveImageUser } from "./user.ts";
 import { randomHex } from "../random.ts";
 import { labelFilters, LABELS } from "../labels.ts";
+import { traced } from "../trace.ts";
 
 export { ImageImportError, type ImageImportErrorKind, ImageTooLargeError, TooManyLayersError } from "./errors.ts";
 export type { ProcessConfig } from "./manifest.ts";
@@ -129,20 +131,22 @@ export async function importImage(
     throw toImportError(err, name);
   }
   try {
-    const contents = await ingestArchive(client, body, {
-      lease,
-      refPrefix,
-      maxBytes: options.maxBytes,
-      maxEntries: options.maxEntries ?? DEFAULT_MAX_ENTRIES,
-      maxLayers,
-      stallMs: options.stallMs,
-    });
-    const image = await resolveImage(client, contents, {
-      lease,
-      ref: `${refPrefix}-manifest`,
-      labels: { [LABELS.managed]: "true" },
-      maxLayers,
-    });
+    const contents = await traced("image.upload", {}, () =>
+      ingestArchive(client, body, {
+        lease,
+        refPrefix,
+        maxBytes: options.maxBytes,
+        maxEntries: options.maxEntries ?? DEFAULT_MAX_ENTRIES,
+        maxLayers,
+        stallMs: options.stallMs,
+      }));
+    const image = await traced("image.resolve", {}, () =>
+      resolveImage(client, contents, {
+        lease,
+        ref: `${refPrefix}-manifest`,
+        labels: { [LABELS.managed]: "true" },
+        maxLayers,
+      }));
     checkRunnable(image.process);
     checkLayers(contents, image.layers, options.maxBytes);
     const chainId = await unpackLayers(client, image.layers, image.diffIds, {
@@ -254,13 +258,14 @@ async function discard(client: Containerd, lease: string, refPrefix: string): Pr
 function toImportError(err: unknown, name: string): ImageImportError {
   if (err instanceof ImageImportError) return err;
   if (err instanceof ContainerdError) {
-    console.error(`faasd: deploy of ${name}: ${err.message}`);
+    log.error("deploy failed", { function: name, error: err.message });
     return new ImageImportError(`containerd failed while importing the image: ${withoutHostPaths(err.message)}`, {
       kind: "internal",
       cause: err,
     });
   }
-  console.error(`faasd: deploy of ${name}:`, err); // not containerd's (the system's, or a bug): the stack tells more
+  // Not containerd's (the system's, or a bug): the stack tells more.
+  log.error("deploy failed", { function: name, error: errorText(err), stack: (err as Error).stack });
   const message = err instanceof Error ? err.message : String(err);
   return new ImageImportError(`image import failed: ${withoutHostPaths(message)}`, { kind: "internal", cause: err });
 }

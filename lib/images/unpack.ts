@@ -6,6 +6,8 @@
  * @module
  */
 
+import { errorText, log } from "../log.ts";
+import { traced } from "../trace.ts";
 import { type Containerd, type Descriptor, isAlreadyExists, isUnavailable } from "../containerd/client.ts";
 import { chainIds } from "./digest.ts";
 import { ImageImportError, withoutHostPaths } from "./errors.ts";
@@ -52,19 +54,27 @@ export async function unpackLayers(
   let parent = "";
   for (const [i, layer] of layers.entries()) {
     const name = chain[i]!;
-    // Already unpacked (another function, an earlier deploy) and known to be this layer: held until the image
-    // references it.
-    if (await verifiedBefore(client, layer, diffIds[i]!) && await hold(name)) {
-      parent = name;
-      continue;
-    }
-    // Not unpacked yet, or this upload's layer is not known to be what the existing snapshot holds: a chain id is
-    // only the uploader's claim, so the layer is applied and checked (a commit that finds the chain then reuses it).
-    for (let attempt = 1;; attempt++) {
-      if (await applyLayer(client, layer, diffIds[i]!, i, name, parent, options) || await hold(name)) break;
-      // Committed by someone else, then collected before we held it: apply it again.
-      if (attempt === 3) throw new ImageImportError(`layer ${i + 1} (${layer.digest}) kept vanishing while unpacked`);
-    }
+    await traced(
+      "layer.unpack",
+      { "layer.index": i, "layer.digest": layer.digest, "layer.bytes": layer.size },
+      async (span) => {
+        // Already unpacked (another function, an earlier deploy) and known to be this layer: held until the image
+        // references it.
+        if (await verifiedBefore(client, layer, diffIds[i]!) && await hold(name)) {
+          span.setAttribute("layer.reused", true);
+          return;
+        }
+        // Not unpacked yet, or this upload's layer is not known to be what the existing snapshot holds: a chain id is
+        // only the uploader's claim, so the layer is applied and checked (a commit that finds the chain reuses it).
+        for (let attempt = 1;; attempt++) {
+          if (await applyLayer(client, layer, diffIds[i]!, i, name, parent, options) || await hold(name)) break;
+          // Committed by someone else, then collected before we held it: apply it again.
+          if (attempt === 3) {
+            throw new ImageImportError(`layer ${i + 1} (${layer.digest}) kept vanishing while unpacked`);
+          }
+        }
+      },
+    );
     parent = name;
   }
   return parent;
@@ -94,7 +104,7 @@ async function applyLayer(
       if (isUnavailable(err)) throw err;
       const what = `layer ${i + 1} (${layer.digest}) could not be unpacked`;
       // containerd names the files it failed on by their host paths, under its root or a temporary mount.
-      console.error(`faasd: ${what}: ${errorText(err)}`);
+      log.error(what, { error: errorText(err) });
       throw new ImageImportError(`${what}: ${withoutHostPaths(errorText(err))}`, { cause: err });
     }
     if (applied.digest !== diffId) {
@@ -116,8 +126,4 @@ async function applyLayer(
 async function verifiedBefore(client: Containerd, layer: Descriptor, diffId: string): Promise<boolean> {
   if (layer.mediaType === DOCKER_LAYER || layer.mediaType === OCI_LAYER) return layer.digest === diffId;
   return (await client.contentInfo(layer.digest))?.labels["containerd.io/uncompressed"] === diffId;
-}
-
-function errorText(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
 }

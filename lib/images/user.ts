@@ -9,6 +9,7 @@
  * @module
  */
 
+import { errorText, log } from "../log.ts";
 import { join } from "node:path";
 import type { Containerd } from "../containerd/client.ts";
 import { ImageImportError } from "./errors.ts";
@@ -195,7 +196,7 @@ export async function resolveImageUser(
         mounted.close();
       } catch (err) {
         // Detaching cannot fail for a mount we made; should it, the next start reaps it.
-        console.error(`faasd: ${(err as Error).message}`);
+        log.error(errorText(err));
       }
     }
     return lookupUser(user, files);

@@ -41,6 +41,8 @@ export interface TestPlatformOptions {
   flags?: string[];
   /** Run the daemon inside this network namespace (startDaemon only). */
   netns?: string;
+  /** Extra environment of the daemon (startDaemon only), e.g. `OTEL_*`. */
+  env?: Record<string, string>;
 }
 
 /** An in-process platform and what it was started with. */
@@ -57,7 +59,11 @@ export interface TestPlatform extends AsyncDisposable {
   close(opts?: { keepState?: boolean }): Promise<void>;
 }
 
-function flagsFor(ctd: ContainerdInstance, o: Required<Omit<TestPlatformOptions, "flags" | "netns">>, flags: string[]) {
+function flagsFor(
+  ctd: ContainerdInstance,
+  o: Required<Omit<TestPlatformOptions, "flags" | "netns" | "env">>,
+  flags: string[],
+) {
   return [
     "--state-dir",
     o.stateDir,
@@ -237,6 +243,7 @@ export async function startDaemon(ctd: ContainerdInstance, opts: TestPlatformOpt
   const argv = opts.netns ? ["ip", "netns", "exec", opts.netns, ...daemon] : daemon;
   const child = new Deno.Command(argv[0]!, {
     args: argv.slice(1),
+    env: opts.env,
     stdout: "piped",
     stderr: "piped",
     cwd: ROOT,
