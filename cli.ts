@@ -21,6 +21,7 @@ import { parseArgs } from "node:util";
 import { nameFromImage } from "./lib/names.ts";
 import { upload, type UploadAnswer } from "./lib/client/upload.ts";
 import { initTemplate, TEMPLATE_LANGUAGES } from "./lib/client/init.ts";
+import type { FunctionSnapshot } from "./lib/stats.ts";
 import { formatDuration, formatSize, SETTING_KEYS } from "./lib/settings.ts";
 
 const USAGE = `Usage: faas [--url URL] [--token TOKEN] <command> [options]
@@ -437,23 +438,12 @@ async function cmdLogs(api: Target, args: string[]): Promise<void> {
   await res.body?.pipeTo(Deno.stdout.writable, { preventClose: true });
 }
 
-/** The answer of `GET /api/stats/NAME` (lib/stats.ts FunctionSnapshot). */
-interface Stats {
-  requests: number;
-  outcomes: Record<string, number>;
-  latency: { p50Ms: number | null; p99Ms: number | null };
-  cpuPerRequestMs: { mean: number | null; p99: number | null };
-  peakMemoryBytes: { mean: number | null; max: number | null };
-  oomKills: number;
-  measured: number;
-}
-
 async function cmdStats(api: Target, args: string[]): Promise<void> {
   const { values, positionals } = parseArgs({ args, options: { json: { type: "boolean" } }, allowPositionals: true });
   const name = positionals[0];
   if (!name) throw new CliError("faas stats needs a NAME");
   if (positionals.length > 1) throw new CliError(`unexpected argument ${positionals[1]}`);
-  const s = await (await call(api, `/api/stats/${encodeURIComponent(name)}`)).json() as Stats;
+  const s = await (await call(api, `/api/stats/${encodeURIComponent(name)}`)).json() as FunctionSnapshot;
   if (values.json) return console.log(JSON.stringify(s, null, 2));
   const ms = (n: number | null) => n === null ? "-" : `${n < 10 ? n.toFixed(1) : Math.round(n)} ms`;
   const bytes = (n: number | null) => n === null ? "-" : formatBytes(n);

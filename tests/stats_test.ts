@@ -4,6 +4,7 @@
  * kill, feeds the Prometheus series, answers 404 for an unknown function, and forgets a deleted one.
  */
 
+import type { FunctionSnapshot } from "../lib/stats.ts";
 import { waitUntil } from "./harness/wait.ts";
 import { assert, assertEquals, assertStringIncludes } from "./assert.ts";
 import { startContainerd } from "./harness/containerd.ts";
@@ -25,16 +26,7 @@ async function deploy(p: TestPlatform, name: string, mode: string, opts: Handler
 }
 
 /** The answer of `GET /api/stats/NAME`. */
-interface Stats {
-  name: string;
-  requests: number;
-  outcomes: Record<string, number>;
-  latency: { p50Ms: number | null; p99Ms: number | null };
-  cpuPerRequestMs: { mean: number | null; p99: number | null };
-  peakMemoryBytes: { mean: number | null; max: number | null };
-  oomKills: number;
-  measured: number;
-}
+type Stats = FunctionSnapshot & { name: string };
 
 async function stats(p: TestPlatform, name: string): Promise<Stats> {
   const res = await p.request("GET", `/api/stats/${name}`);
