@@ -263,8 +263,12 @@ Deno.test("Logs keeps a 100 MiB flood within the cap with bounded CPU, and marks
   const text = await collect(logStream(path, { follow: false }));
   assertStringIncludes(text, `\n[faasd] faasd-flood: output past ${budget} bytes dropped\n`);
   assert(text.endsWith(`\n[faasd] faasd-flood: ${total - budget} bytes of output dropped\n`), text.slice(-200));
-  // About 0.9 ms per MiB here; waking for every 4 KiB write instead costs 2.4-2.8, copying the bytes into JS more.
-  assert(cpuMs / (total / MiB) < 2, `${cpuMs} ms of CPU for ${total / MiB} MiB`);
+  // The design's point is to wake up rarely, not once per 4 KiB write (25,600 times for 100 MiB): counted, since CPU
+  // time on a shared machine is too noisy to tell 0.9 ms/MiB from 2.4. A generous CPU bound still catches copying
+  // every byte into JS.
+  console.log(`woke ${output.turns} times for ${total / MiB} MiB`);
+  assert(output.turns < total / (64 * 1024), `${output.turns} wake-ups for ${total / MiB} MiB`);
+  assert(cpuMs / (total / MiB) < 5, `${cpuMs} ms of CPU for ${total / MiB} MiB`);
 });
 
 Deno.test("Logs.forget() closes the log: output of a container still running is drained, not written", async () => {
