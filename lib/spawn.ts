@@ -77,6 +77,10 @@ export interface SpawnDeps {
 /** What an adapter-mode container has, past its server's ready timeout, to connect to its control socket. */
 const ADAPTER_CONNECT_MARGIN_MS = 5000;
 
+/** Deletes of a task tried before its container record is kept for the next start's reaping. */
+const TASK_DELETE_ATTEMPTS = 5;
+const TASK_DELETE_RETRY_MS = 1000;
+
 /** How long a task's exit is waited for again while containerd is unreachable (restarting). */
 const WAIT_RECONNECT_MS = 60_000;
 
@@ -436,7 +440,7 @@ export class RequestContainer {
       this.#listener.close();
       return Promise.resolve();
     });
-    let taskGone = true;
+    let taskGone = !this.#taskCreated;
     if (this.#taskCreated) {
       if (!this.#hasExited) {
         await step("kill task", () => this.kill());
@@ -445,8 +449,13 @@ export class RequestContainer {
       }
       // The task's cgroup goes with it: what the container used is read first, its processes gone by now.
       if (this.#cgroupsPath && this.#deps.onUsage) await this.#reportUsage(this.#cgroupsPath, this.#deps.onUsage);
-      taskGone = await step("delete task", () => containerd.deleteTask(this.id)) ||
-        await containerd.getTask(this.id).then((t) => t === null, () => false);
+      // Around a containerd restart a delete can fail while the task is still being cleaned up after its shim:
+      // asked again a few times, so that the container record is not kept for a task that is gone by then.
+      for (let attempt = 0; attempt < TASK_DELETE_ATTEMPTS && !taskGone; attempt++) {
+        if (attempt > 0) await new Promise((r) => setTimeout(r, TASK_DELETE_RETRY_MS));
+        taskGone = await step("delete task", () => containerd.deleteTask(this.id)) ||
+          await containerd.getTask(this.id).then((t) => t === null, () => false);
+      }
       await step("close pidfd", () => Promise.resolve(this.#pidfd?.close()));
     }
     // A task that could not be deleted keeps its container record, so that the next start's reaping can delete both.
