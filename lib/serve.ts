@@ -90,6 +90,11 @@ function answer(conn: TcpConn, status: number, text: string): void {
   } catch { /* client already gone */ }
 }
 
+/** Now, in epoch milliseconds with the monotonic clock's precision. */
+function epochMs(): number {
+  return performance.timeOrigin + performance.now();
+}
+
 /** Hands the client socket to `c`; false when its control connection is gone (EPIPE, ECONNRESET). */
 function tryHandoff(c: ServedContainer, conn: TcpConn): boolean {
   try {
@@ -217,17 +222,13 @@ export class Server {
   /** Serves one connection, from its first bytes to its clean close. */
   async #handle(name: string, conn: TcpConn): Promise<void> {
     const { metrics, socketMark } = this.#deps;
-    const started = performance.now();
     const request = randomHex(8);
     // Costless when tracing is off: the API's span records nothing, and the steps are recorded only when it does.
     const span = startSpan("connection", { function: name, request });
-    const at: Record<string, number> = { accept: Date.now() };
+    // When each step happened (epoch ms, sub-ms precision): the log line's timings and the trace's steps alike.
+    const at: Record<string, number> = { accept: epochMs() };
     let outcome: Outcome = "error";
     let lease: Lease<ServedContainer> | null = null;
-    /** Milliseconds from the first bytes to the handoff (the wait for a container), and the container's id. */
-    let waitedMs: number | undefined;
-    let firstBytesAt: number | undefined;
-    let container: string | undefined;
     metrics.inflight.add({ function: name }, 1);
     try {
       if (socketMark !== null) {
@@ -244,8 +245,7 @@ export class Server {
         outcome = "idle";
         return;
       }
-      firstBytesAt = performance.now();
-      at.firstBytes = Date.now();
+      at.firstBytes = epochMs();
       for (let attempt = 0;; attempt++) {
         try {
           lease = await this.#pools.acquire(name, attempt > 0);
@@ -255,11 +255,9 @@ export class Server {
           answer(conn, 503, e.message);
           return;
         }
-        at.acquired = Date.now();
+        at.acquired = epochMs();
         if (tryHandoff(lease.container, conn)) {
-          waitedMs = performance.now() - firstBytesAt;
-          container = lease.container.id;
-          at.handedOff = Date.now();
+          at.handedOff = epochMs();
           break;
         }
         // Its control connection is gone: it died after it was ready. The next one, a bounded number of times.
@@ -274,18 +272,19 @@ export class Server {
       const c = lease.container;
       if (span.isRecording()) this.#traceStart(span, c, at);
       outcome = await this.#serve(c, conn);
-      at.exited = Date.now();
+      at.exited = epochMs();
     } catch (e) {
       log.error("serving failed", { function: name, request, error: errorText(e) });
       if (conn.bytesSent() === 0n) answer(conn, 502, `function ${name} could not be served`);
     } finally {
       // The request is decided: the container goes (off the client's path), the client is closed cleanly.
       lease?.release();
-      const ms = performance.now() - started;
+      at.closing = epochMs();
+      const ms = at.closing - at.accept!;
+      const container = lease?.container.id; // set only once handed over (a failed handoff drops its lease)
       metrics.requestSeconds.observe({ function: name }, ms / 1000);
       metrics.requests.inc({ function: name, outcome });
       this.#deps.onRequest?.(name, outcome, ms / 1000);
-      at.closing = Date.now();
       await this.#closeClient(conn);
       metrics.inflight.add({ function: name }, -1);
       if (span.isRecording()) this.#traceEnd(span, at, outcome, container);
@@ -295,7 +294,7 @@ export class Server {
         request,
         outcome,
         ms: Math.round(ms * 10) / 10,
-        waited_ms: waitedMs === undefined ? undefined : Math.round(waitedMs * 10) / 10,
+        waited_ms: at.handedOff === undefined ? undefined : Math.round((at.handedOff - at.firstBytes!) * 10) / 10,
         container,
       });
     }
@@ -318,7 +317,7 @@ export class Server {
     if (at.handedOff !== undefined && at.exited !== undefined) {
       recordSpan(span, "handler", at.handedOff, at.exited, { container });
     }
-    const closed = Date.now();
+    const closed = epochMs();
     recordSpan(span, "close", at.closing!, closed);
     span.setAttribute("outcome", outcome);
     if (outcome !== "ok") failed(span, outcome);
