@@ -24,7 +24,7 @@ import { buildHandlerImage } from "../tests/harness/images.ts";
 import { type Daemon, freePort, startDaemon } from "../tests/harness/platform.ts";
 import { ctrRun, httpGet, percentile, run, type Sample } from "./common.ts";
 import { loadSeccompProfile } from "../lib/seccomp.ts";
-import { CAPABILITIES } from "../lib/spec.ts";
+import { CAPABILITIES } from "../lib/serve/spec.ts";
 
 const EXPECTED_BODY = "hello from faasd\n";
 const { values } = parseArgs({ args: Deno.args, options: { rounds: { type: "string", default: "40" } } });

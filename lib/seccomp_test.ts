@@ -8,7 +8,7 @@ import {
   SeccompProfileError,
   type SeccompRule,
 } from "./seccomp.ts";
-import { CAPABILITIES } from "./spec.ts";
+import { CAPABILITIES } from "./serve/spec.ts";
 
 const OPTS = { capabilities: CAPABILITIES, arch: "x86_64" };
 

@@ -1,6 +1,6 @@
 /**
  * Resource use per function, kept in memory since faasd started: requests by outcome and their latency (from
- * serve.ts), and what each request's container used (from its cgroup, usage.ts): CPU time, peak memory, OOM kills.
+ * serve/server.ts), and what each request's container used (from its cgroup, usage.ts): CPU time, peak memory, OOM kills.
  * Percentiles come from the last {@linkcode SAMPLES} samples of each function; means, maxima and counts from all.
  *
  * A container that never served a request (a ready one drained or lost) counts towards the function's CPU time and
@@ -9,7 +9,7 @@
  * @module
  */
 
-import type { Outcome } from "./serve.ts";
+import type { Outcome } from "./serve/server.ts";
 import type { ContainerUsage } from "./usage.ts";
 
 /** Samples kept per function and figure for its percentiles. */
@@ -31,7 +31,7 @@ export interface UsageMetrics {
 export interface FunctionSnapshot {
   /** Connections served (every outcome). */
   requests: number;
-  /** Connections by outcome (serve.ts `Outcome`); outcomes not seen are left out. */
+  /** Connections by outcome (serve/server.ts `Outcome`); outcomes not seen are left out. */
   outcomes: Record<string, number>;
   /** From accept to the client's socket closed; idle connections (no bytes sent) left out. */
   latency: { p50Ms: number | null; p99Ms: number | null };

@@ -13,7 +13,7 @@ import type { Containerd } from "../../lib/containerd/client.ts";
 import { parseDaemonConfig } from "../../lib/config.ts";
 import { type Platform, startPlatform } from "../../lib/platform.ts";
 import { releaseAddress } from "../../lib/hostaddr.ts";
-import { SocketGuard } from "../../lib/socket_guard.ts";
+import { SocketGuard } from "../../lib/serve/socket_guard.ts";
 
 const ROOT = new URL("../..", import.meta.url).pathname;
 

@@ -16,7 +16,7 @@
  * @module
  */
 
-import { errorText, log } from "./log.ts";
+import { errorText, log } from "../log.ts";
 
 /** The mark on every accepted client socket ("faas" in ASCII): chosen to stay clear of common policy-routing marks. */
 export const GUARD_MARK = 0x66616173;

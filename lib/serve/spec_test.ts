@@ -1,4 +1,4 @@
-import { assertEquals } from "../tests/assert.ts";
+import { assertEquals } from "../../tests/assert.ts";
 import { ADAPTER_PATH, buildSpec, hasSwapAccounting, mergeEnv } from "./spec.ts";
 
 const BASE = {

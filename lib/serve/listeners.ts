@@ -12,10 +12,10 @@
  * @module
  */
 
-import { errorText, log } from "./log.ts";
-import type { Poller } from "../ffi/epoll.ts";
-import { ErrnoError } from "../ffi/errno.ts";
-import { type InetAddress, type TcpConn, TcpListener } from "../ffi/socket.ts";
+import { errorText, log } from "../log.ts";
+import type { Poller } from "../../ffi/epoll.ts";
+import { ErrnoError } from "../../ffi/errno.ts";
+import { type InetAddress, type TcpConn, TcpListener } from "../../ffi/socket.ts";
 
 /** Receives each accepted connection and owns it from then on. */
 export type ConnectionHandler = (name: string, conn: TcpConn) => void;

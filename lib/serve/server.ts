@@ -1,27 +1,42 @@
 /**
  * Serving: a listener per function address, and for each accepted connection a fresh container that receives the
- * client socket. A connection costs a container only once its first bytes arrived (within `--header-timeout`); it
- * then takes a ready container from the function's warm pool (pool.ts), waiting in the function's queue when none is
- * free. faasd's duties to the client (DESIGN.md) live here: it keeps its reference to the socket until the container
- * exits, then drains unread request bytes and closes cleanly; it answers 502 when the container exited having sent
- * nothing, 504 when it overran the request timeout (and kills it), 503 when no container could be had (queue full or
- * timed out, the function failing, faasd stopping).
+ * client socket. faasd's duties to the client (DESIGN.md) live here: a connection costs a container only once its
+ * first bytes arrived (within `--header-timeout`); faasd keeps its reference to the socket until the container exits,
+ * then drains unread request bytes and closes cleanly; it answers 502 when the container exited having sent nothing,
+ * 504 when it overran the request timeout (and kills it), 503 when no container could be had (queue full or timed
+ * out, the function failing, faasd stopping).
+ *
+ * One connection crosses the files of `lib/serve/` in this order:
+ *
+ * 1. `listeners.ts` — one listening socket per function address, all on one epoll loop; accepts and hands each
+ *    connection to {@linkcode Server} (this file), which waits for its first bytes.
+ * 2. `pool.ts` — the function's warm pool: the connection waits in the function's FIFO queue for a ready container
+ *    (within the concurrency limit, the queue's bounds and the breaker), and the pool starts replacements.
+ * 3. `shim_groups.ts` — how the pool's starts happen in production: a function's containers share one runc shim.
+ * 4. `container.ts` — one request's container through containerd: snapshot, task, control socket, the handoff of the
+ *    client socket (`SCM_RIGHTS`), its exit, and its removal.
+ * 5. `spec.ts` — the OCI spec each container runs with: namespaces, read-only root, seccomp, limits.
+ *
+ * Beside the path: `socket_guard.ts` (the firewall rule that keeps a handed-over socket to its client) and `reap.ts`
+ * (what a crashed faasd left). The server knows containers only as {@linkcode ServedContainer} and takes their start
+ * as a dependency, so it is tested without containerd (server_test.ts).
  *
  * @module
  */
 
-import { errorText, log } from "./log.ts";
-import { ErrnoError } from "../ffi/errno.ts";
-import { isUnavailable } from "./containerd/errors.ts";
-import type { TcpConn } from "../ffi/socket.ts";
-import { Listeners } from "./listen.ts";
-import type { Metrics } from "./metrics.ts";
+import { errorText, log } from "../log.ts";
+import { ErrnoError } from "../../ffi/errno.ts";
+import { isUnavailable } from "../containerd/errors.ts";
+import type { TcpConn } from "../../ffi/socket.ts";
+import { Listeners } from "./listeners.ts";
+import type { Metrics } from "../metrics.ts";
 import { type Lease, type PoolContainer, type PoolOptions, Pools, PoolUnavailableError, type Sizing } from "./pool.ts";
-import type { FunctionRecord } from "./registry.ts";
+import type { FunctionRecord } from "../registry.ts";
 import { ShimGroups } from "./shim_groups.ts";
-import { randomHex } from "./random.ts";
-import { detached, failed, recordSpan, type Span, startSpan } from "./trace.ts";
-import { RequestContainer, type SpawnDeps } from "./spawn.ts";
+import { randomHex } from "../random.ts";
+import { detached, failed, recordSpan, type Span, startSpan } from "../trace.ts";
+import { type ContainerDeps, RequestContainer } from "./container.ts";
+import type { Poller } from "../../ffi/epoll.ts";
 
 /** How long a function's shim group outlives its last container, for the next one. */
 const SHIM_GROUP_LINGER_MS = 1000;
@@ -52,8 +67,12 @@ export interface ServedContainer extends PoolContainer {
   readonly connectedAt?: number;
 }
 
-/** What the server needs, handed in by the composition root. */
-export interface ServerDeps extends SpawnDeps {
+/** Starts a container for `record` (created and started, not yet connected). */
+export type StartServed = (record: FunctionRecord, signal: AbortSignal) => Promise<ServedContainer>;
+
+/** What the server needs whoever starts its containers. */
+export interface ServerOptions {
+  poller: Poller;
   metrics: Metrics;
   port: number;
   /**
@@ -65,11 +84,15 @@ export interface ServerDeps extends SpawnDeps {
   sizing: (record: FunctionRecord) => Sizing;
   /** The mark set on every accepted socket before it is handed over (see socket_guard.ts); null: none. */
   socketMark: number | null;
-  /** Starts a container; tests hand in a stand-in. Default: a RequestContainer through containerd. */
-  start?: (record: FunctionRecord, signal: AbortSignal) => Promise<ServedContainer>;
   /** Called once per connection with its outcome and how long it took (stats.ts). */
   onRequest?: (fn: string, outcome: Outcome, seconds: number) => void;
 }
+
+/**
+ * What the server needs, handed in by the composition root: either `start` (tests hand in stand-ins), or what
+ * {@linkcode RequestContainer}s through containerd need (then started in shim groups).
+ */
+export type ServerDeps = ServerOptions & ({ start: StartServed } | (ContainerDeps & { start?: undefined }));
 
 /** Handoffs tried per connection: a container found dead at the handoff is replaced by the next ready one. */
 const HANDOFF_ATTEMPTS = 3;
@@ -122,7 +145,8 @@ export class Server {
   readonly #deps: ServerDeps;
   readonly #listeners: Listeners;
   readonly #pools: Pools<ServedContainer>;
-  readonly #shims: ShimGroups<RequestContainer>;
+  /** The shim groups of RequestContainers; null when the containers' start was handed in. */
+  readonly #shims: ShimGroups<RequestContainer> | null = null;
   /** Connections in progress (accepted, not yet closed). */
   readonly #tasks = new Set<Promise<void>>();
   readonly #shutdown = new AbortController();
@@ -131,11 +155,16 @@ export class Server {
     this.#deps = deps;
     // Connections start traces of their own, whatever was active when the listener began (a deploy, for one).
     this.#listeners = new Listeners(deps.poller, (name, conn) => detached(() => this.#track(this.#handle(name, conn))));
-    this.#shims = new ShimGroups((record, options) => RequestContainer.start(deps, record, options), {
-      size: deps.pool.shimGroupSize,
-      lingerMs: SHIM_GROUP_LINGER_MS,
-    });
-    const start = deps.start ?? ((record, signal) => this.#shims.start(record, signal));
+    let start: StartServed;
+    if (deps.start) start = deps.start;
+    else {
+      const shims = new ShimGroups((record, options) => RequestContainer.start(deps, record, options), {
+        size: deps.pool.shimGroupSize,
+        lingerMs: SHIM_GROUP_LINGER_MS,
+      });
+      this.#shims = shims;
+      start = (record, signal) => shims.start(record, signal);
+    }
     const { metrics } = deps;
     this.#pools = new Pools(start, { ...deps.pool, transient: isUnavailable }, {
       started: (fn, outcome, seconds) => {
@@ -157,7 +186,7 @@ export class Server {
    * served and removed.
    */
   get inflight(): number {
-    return this.#tasks.size + this.#pools.containers + this.#shims.size;
+    return this.#tasks.size + this.#pools.containers + (this.#shims?.size ?? 0);
   }
 
   /** Request containers that exist now (starting, ready, serving or being removed). */
@@ -209,7 +238,7 @@ export class Server {
   stop(name: string): void {
     this.#listeners.remove(name);
     this.#pools.stop(name);
-    this.#shims.retire(name);
+    this.#shims?.retire(name);
   }
 
   #track(task: Promise<void>): void {
@@ -342,16 +371,17 @@ export class Server {
   /** Waits for the handed-over container's exit, within its request timeout; answers failures itself. */
   async #serve(c: ServedContainer, conn: TcpConn): Promise<Outcome> {
     const name = c.function;
-    // A timer of our own rather than AbortSignal.timeout: Deno keeps the process alive for that one until it fires.
-    const overrun = new AbortController();
-    const timer = setTimeout(() => overrun.abort(), c.timeoutMs);
-    const timeout = AbortSignal.any([overrun.signal, this.#shutdown.signal]);
+    // The listener is removed once the race is decided: while one is attached, Deno keeps the process alive until
+    // the timeout fires (minutes, after a faasd that stopped).
+    const deadline = AbortSignal.any([AbortSignal.timeout(c.timeoutMs), this.#shutdown.signal]);
+    let onDeadline = () => {};
     const overran = new Promise<"timeout">((resolve) => {
-      if (timeout.aborted) resolve("timeout");
-      timeout.addEventListener("abort", () => resolve("timeout"), { once: true });
+      onDeadline = () => resolve("timeout");
+      if (deadline.aborted) resolve("timeout");
+      else deadline.addEventListener("abort", onDeadline, { once: true });
     });
     const exited = c.exited.then(() => "exited" as const, () => "exited" as const);
-    const end = await Promise.race([exited, overran]).finally(() => clearTimeout(timer));
+    const end = await Promise.race([exited, overran]).finally(() => deadline.removeEventListener("abort", onDeadline));
     if (end === "timeout") {
       await c.kill().catch((e) => log.error("kill failed", { function: name, container: c.id, error: errorText(e) }));
       await exited;
@@ -406,7 +436,7 @@ export class Server {
     await within(CLEANUP_AFTER_ABORT_MS);
     // Connections that ended meanwhile released their containers: their removals are awaited too.
     let timer: ReturnType<typeof setTimeout> | undefined;
-    const removed = pools.then(() => this.#pools.settled()).then(() => this.#shims.close());
+    const removed = pools.then(() => this.#pools.settled()).then(() => this.#shims?.close());
     await Promise.race([removed, new Promise((r) => timer = setTimeout(r, CLEANUP_AFTER_ABORT_MS))]);
     clearTimeout(timer);
   }

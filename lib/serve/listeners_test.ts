@@ -1,9 +1,9 @@
-import assert from "node:assert/strict";
-import { configureLog } from "./log.ts";
-import { Poller } from "../ffi/epoll.ts";
-import { ErrnoError } from "../ffi/errno.ts";
-import type { TcpConn } from "../ffi/socket.ts";
-import { Listeners } from "./listen.ts";
+import { assert, assertEquals, assertMatch, assertRejects, assertThrows } from "../../tests/assert.ts";
+import { configureLog } from "../log.ts";
+import { Poller } from "../../ffi/epoll.ts";
+import { ErrnoError } from "../../ffi/errno.ts";
+import type { TcpConn } from "../../ffi/socket.ts";
+import { Listeners } from "./listeners.ts";
 
 /** Collects accepted connections and lets a test await the next ones. */
 class Inbox {
@@ -35,20 +35,20 @@ Deno.test("Listeners.add() accepts connections on several IPs at once", async ()
   using listeners = new Listeners(poller, inbox.onConnection);
   const ips = { a: "127.0.0.1", b: "127.10.0.30", c: "127.10.0.31" };
   for (const [name, ip] of Object.entries(ips)) listeners.add(name, ip, 0);
-  assert.deepEqual(listeners.names(), ["a", "b", "c"]);
-  assert.equal(listeners.has("b"), true);
-  assert.equal(listeners.has("z"), false);
-  assert.equal(listeners.address("b")!.ip, "127.10.0.30");
-  assert.ok(listeners.address("b")!.port > 0);
-  assert.equal(listeners.address("z"), undefined);
+  assertEquals(listeners.names(), ["a", "b", "c"]);
+  assertEquals(listeners.has("b"), true);
+  assertEquals(listeners.has("z"), false);
+  assertEquals(listeners.address("b")!.ip, "127.10.0.30");
+  assert(listeners.address("b")!.port > 0);
+  assertEquals(listeners.address("z"), undefined);
 
   const clients = [];
   for (const name of ["c", "a", "b", "c"]) clients.push(await connect(listeners, name));
   await inbox.until(4);
-  assert.deepEqual(inbox.received.map(({ name }) => name).sort(), ["a", "b", "c", "c"]);
+  assertEquals(inbox.received.map(({ name }) => name).sort(), ["a", "b", "c", "c"]);
   for (const { conn } of inbox.received) {
     const clientPorts = clients.map((client) => (client.localAddr as Deno.NetAddr).port);
-    assert.ok(clientPorts.includes(conn.peer.port));
+    assert(clientPorts.includes(conn.peer.port));
   }
   for (const client of clients) client.close();
 });
@@ -60,7 +60,7 @@ Deno.test("Listeners accepts every pending connection of a burst", async () => {
   listeners.add("burst", "127.10.0.32", 0);
   const clients = await Promise.all(Array.from({ length: 100 }, () => connect(listeners, "burst")));
   await inbox.until(100);
-  assert.equal(inbox.received.length, 100);
+  assertEquals(inbox.received.length, 100);
   for (const client of clients) client.close();
 });
 
@@ -74,16 +74,16 @@ Deno.test("Listeners.remove() stops accepting, closes the socket and is idempote
   listeners.remove("gone");
   listeners.remove("gone");
   listeners.remove("never-added");
-  assert.deepEqual(listeners.names(), ["kept"]);
-  await assert.rejects(Deno.connect({ hostname: gone.ip, port: gone.port }), Deno.errors.ConnectionRefused);
+  assertEquals(listeners.names(), ["kept"]);
+  await assertRejects(() => Deno.connect({ hostname: gone.ip, port: gone.port }), Deno.errors.ConnectionRefused);
   using _client = await connect(listeners, "kept");
   await inbox.until(1);
-  assert.equal(inbox.received[0].name, "kept");
+  assertEquals(inbox.received[0].name, "kept");
   // The name can be used again, on the same address.
   listeners.add("gone", gone.ip, gone.port);
   using _again = await Deno.connect({ hostname: gone.ip, port: gone.port });
   await inbox.until(2);
-  assert.equal(inbox.received[1].name, "gone");
+  assertEquals(inbox.received[1].name, "gone");
 });
 
 Deno.test("Listeners.add() throws bind errors and duplicate names without registering anything", async () => {
@@ -91,20 +91,14 @@ Deno.test("Listeners.add() throws bind errors and duplicate names without regist
   using listeners = new Listeners(poller, (_name, conn) => conn.close());
   listeners.add("one", "127.10.0.35", 0);
   const taken = listeners.address("one")!;
-  assert.throws(() => listeners.add("one", "127.10.0.36", 0), Deno.errors.AlreadyExists);
-  assert.throws(() => listeners.add("two", taken.ip, taken.port), (error) => {
-    assert.ok(error instanceof ErrnoError);
-    assert.equal(error.code, "EADDRINUSE");
-    return true;
-  });
+  assertThrows(() => listeners.add("one", "127.10.0.36", 0), Deno.errors.AlreadyExists);
+  const inUse = assertThrows(() => listeners.add("two", taken.ip, taken.port), ErrnoError) as ErrnoError;
+  assertEquals(inUse.code, "EADDRINUSE");
   // Binding is local: nothing is sent to this address.
-  assert.throws(() => listeners.add("three", "192.0.2.1", 0), (error) => {
-    assert.ok(error instanceof ErrnoError);
-    assert.equal(error.code, "EADDRNOTAVAIL");
-    return true;
-  });
-  assert.throws(() => listeners.add("four", "not-an-ip", 0), TypeError);
-  assert.deepEqual(listeners.names(), ["one"]);
+  const notLocal = assertThrows(() => listeners.add("three", "192.0.2.1", 0), ErrnoError) as ErrnoError;
+  assertEquals(notLocal.code, "EADDRNOTAVAIL");
+  assertThrows(() => listeners.add("four", "not-an-ip", 0), TypeError);
+  assertEquals(listeners.names(), ["one"]);
 });
 
 Deno.test("Listeners keeps accepting after onConnection throws, and closes that connection", async () => {
@@ -124,11 +118,11 @@ Deno.test("Listeners keeps accepting after onConnection throws, and closes that 
     listeners.add("flaky", "127.10.0.37", 0);
     using failed = await connect(listeners, "flaky");
     // The failed connection is closed by Listeners: the client reads end of stream.
-    assert.equal(await failed.read(new Uint8Array(1)), null);
+    assertEquals(await failed.read(new Uint8Array(1)), null);
     using _ok = await connect(listeners, "flaky");
     await inbox.until(1);
-    assert.equal(logged.length, 1);
-    assert.match(logged[0]!, /connection handler threw function=flaky error="handler bug"/);
+    assertEquals(logged.length, 1);
+    assertMatch(logged[0]!, /connection handler threw function=flaky error="handler bug"/);
   } finally {
     restore();
   }
@@ -142,18 +136,19 @@ Deno.test("Listeners.close() removes every listener and refuses new ones", async
   const x = listeners.address("x")!;
   listeners.close();
   listeners.close();
-  assert.deepEqual(listeners.names(), []);
-  assert.throws(() => listeners.add("z", "127.10.0.40", 0), Deno.errors.BadResource);
-  await assert.rejects(Deno.connect({ hostname: x.ip, port: x.port }), Deno.errors.ConnectionRefused);
+  assertEquals(listeners.names(), []);
+  assertThrows(() => listeners.add("z", "127.10.0.40", 0), Deno.errors.BadResource);
+  await assertRejects(() => Deno.connect({ hostname: x.ip, port: x.port }), Deno.errors.ConnectionRefused);
 });
 
 Deno.test("Listeners backs off instead of spinning while accept() fails with EMFILE", async () => {
   // A child process with a low descriptor limit uses up its descriptors, then gets a connection it cannot accept.
-  const ffi = new URL("../ffi/", import.meta.url).href;
-  const lib = new URL("./", import.meta.url).href;
+  const ffi = new URL("../../ffi/", import.meta.url).href;
+  const lib = new URL("../", import.meta.url).href;
+  const serve = new URL("./", import.meta.url).href;
   const code = `
     import { Poller } from "${ffi}epoll.ts";
-    import { Listeners } from "${lib}listen.ts";
+    import { Listeners } from "${serve}listeners.ts";
     import { configureLog } from "${lib}log.ts";
     const poller = new Poller();
     let errors = 0;
@@ -199,12 +194,12 @@ Deno.test("Listeners backs off instead of spinning while accept() fails with EMF
     };
     const address = JSON.parse(await nextLine());
     using client = await Deno.connect({ hostname: address.ip, port: address.port });
-    assert.match(JSON.parse(await nextLine()).first, /EMFILE/);
+    assertMatch(JSON.parse(await nextLine()).first, /EMFILE/);
     const { errors } = JSON.parse(await nextLine());
     // About 5 with a 100 ms back-off over 500 ms; a listener spinning on EMFILE would log thousands of times.
-    assert.ok(errors >= 1 && errors < 100, `accept errors logged: ${errors}`);
-    assert.equal(await client.read(new Uint8Array(1)), null);
-    assert.equal((await child.status).code, 0);
+    assert(errors >= 1 && errors < 100, `accept errors logged: ${errors}`);
+    assertEquals(await client.read(new Uint8Array(1)), null);
+    assertEquals((await child.status).code, 0);
   } finally {
     clearTimeout(timer);
   }

@@ -20,10 +20,10 @@
  * @module
  */
 
-import { errorText, log } from "./log.ts";
-import type { FunctionRecord } from "./registry.ts";
+import { errorText, log } from "../log.ts";
+import type { FunctionRecord } from "../registry.ts";
 
-/** What the pool needs of a container (spawn.ts's RequestContainer in production). */
+/** What the pool needs of a container (container.ts's RequestContainer in production). */
 export interface PoolContainer {
   readonly id: string;
   /** How long it may serve its request once handed a connection. */

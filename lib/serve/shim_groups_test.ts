@@ -1,8 +1,8 @@
-import { assert, assertEquals, assertRejects } from "../tests/assert.ts";
+import { assert, assertEquals, assertRejects } from "../../tests/assert.ts";
 import { type GroupContainer, ShimGroups } from "./shim_groups.ts";
-import type { FunctionRecord } from "./registry.ts";
-import type { StartOptions } from "./spawn.ts";
-import { deployedImage } from "../tests/fixtures/deployed.ts";
+import type { FunctionRecord } from "../registry.ts";
+import type { StartOptions } from "./container.ts";
+import { deployedImage } from "../../tests/fixtures/deployed.ts";
 
 /** A stand-in container: started with its options recorded; its exit is driven by the test. */
 class Fake implements GroupContainer {

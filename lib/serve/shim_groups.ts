@@ -16,9 +16,9 @@
  * @module
  */
 
-import type { FunctionRecord } from "./registry.ts";
-import { randomHex } from "./random.ts";
-import type { StartOptions } from "./spawn.ts";
+import type { FunctionRecord } from "../registry.ts";
+import { randomHex } from "../random.ts";
+import type { StartOptions } from "./container.ts";
 
 /** What a group needs of a container. */
 export interface GroupContainer {
@@ -27,7 +27,7 @@ export interface GroupContainer {
   remove(): Promise<void>;
 }
 
-/** Starts one container with the given options (spawn.ts's RequestContainer.start in production). */
+/** Starts one container with the given options (container.ts's RequestContainer.start in production). */
 export type StartWithOptions<C extends GroupContainer> = (record: FunctionRecord, options: StartOptions) => Promise<C>;
 
 /** How groups are sized. */

@@ -1,7 +1,7 @@
-import { assert, assertEquals, assertRejects } from "../tests/assert.ts";
+import { assert, assertEquals, assertRejects } from "../../tests/assert.ts";
 import { BREAKER_FAILURES, type PoolContainer, type PoolOptions, Pools, PoolUnavailableError } from "./pool.ts";
-import type { FunctionRecord } from "./registry.ts";
-import { deployedImage } from "../tests/fixtures/deployed.ts";
+import type { FunctionRecord } from "../registry.ts";
+import { deployedImage } from "../../tests/fixtures/deployed.ts";
 
 /** A stand-in container: its start, connection and loss are driven by the test. */
 class Fake implements PoolContainer {

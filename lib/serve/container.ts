@@ -2,33 +2,34 @@
  * One request's container, through containerd: a fresh snapshot on the function's image, a container whose only
  * way out is the control socket bind-mounted at `/control.sock`, its task started, and — once it connects — the
  * client's socket handed over with `SCM_RIGHTS`. Preparing a container (up to its connection on the control socket)
- * and handing it a connection are separate steps: the pool (pool.ts) prepares them ahead of demand.
+ * and handing it a connection are separate steps: the pool (pool.ts) prepares them ahead of demand; the shim groups
+ * (shim_groups.ts) start them; the OCI spec comes from spec.ts.
  *
- * Every container, snapshot and lease carries the labels in {@link OWNED_LABELS} (keys: labels.ts); {@link reapLeftovers} finds and
- * removes what a crashed faasd left behind.
+ * Every container, snapshot and lease carries the labels in {@link OWNED_LABELS} (keys: labels.ts); reap.ts finds
+ * and removes what a crashed faasd left behind.
  *
  * @module
  */
 
-import { errorText, log } from "./log.ts";
-import type { Containerd } from "./containerd/client.ts";
-import { answers, untilContainerdAnswers } from "./containerd/availability.ts";
-import { isNotFound } from "./containerd/errors.ts";
-import type { ExitStatus, Mount } from "./containerd/types.ts";
-import type { Poller } from "../ffi/epoll.ts";
-import { type UnixConn, UnixListener } from "../ffi/socket.ts";
-import { PidFd } from "../ffi/pidfd.ts";
-import type { FunctionRecord } from "./registry.ts";
+import { errorText, log } from "../log.ts";
+import type { Containerd } from "../containerd/client.ts";
+import { answers, untilContainerdAnswers } from "../containerd/availability.ts";
+import { isNotFound } from "../containerd/errors.ts";
+import type { ExitStatus, Mount } from "../containerd/types.ts";
+import type { Poller } from "../../ffi/epoll.ts";
+import { type UnixConn, UnixListener } from "../../ffi/socket.ts";
+import { PidFd } from "../../ffi/pidfd.ts";
+import type { FunctionRecord } from "../registry.ts";
 import { buildSpec } from "./spec.ts";
-import type { DaemonLimits } from "./config.ts";
-import { DEFAULT_READY_TIMEOUT_MS, effectiveLimits } from "./settings.ts";
-import { Scratch, writableRootfs } from "./scratch.ts";
-import type { ContainerOutput, Logs } from "./logs.ts";
-import { randomHex } from "./random.ts";
-import { LABELS } from "./labels.ts";
-import { withoutHostPaths } from "./images/errors.ts";
-import { type ContainerUsage, readUsage } from "./usage.ts";
-import { tracedRoot } from "./trace.ts";
+import type { DaemonLimits } from "../config.ts";
+import { DEFAULT_READY_TIMEOUT_MS, effectiveLimits } from "../settings.ts";
+import { Scratch, writableRootfs } from "../scratch.ts";
+import type { ContainerOutput, Logs } from "../logs.ts";
+import { randomHex } from "../random.ts";
+import { LABELS } from "../labels.ts";
+import { withoutHostPaths } from "../images/errors.ts";
+import { type ContainerUsage, readUsage } from "../usage.ts";
+import { tracedRoot } from "../trace.ts";
 
 /** Labels on every per-request container, snapshot and lease. */
 export const OWNED_LABELS = { [LABELS.kind]: "request" } as const;
@@ -46,8 +47,8 @@ export interface StartOptions {
   onRemoved?: () => void;
 }
 
-/** What spawning needs, handed in by the composition root. */
-export interface SpawnDeps {
+/** What starting and removing containers needs, handed in by the composition root. */
+export interface ContainerDeps {
   containerd: Containerd;
   poller: Poller;
   stateDir: string;
@@ -99,7 +100,7 @@ export type ConnectOutcome = "connected" | "exited" | "timeout";
 export class RequestContainer {
   readonly id: string;
   readonly function: string;
-  readonly #deps: SpawnDeps;
+  readonly #deps: ContainerDeps;
   readonly #listener: UnixListener;
   #control: UnixConn | null = null;
   #lease: string | null = null;
@@ -134,7 +135,7 @@ export class RequestContainer {
   #served = false;
   #onRemoved: (() => void) | null = null;
 
-  private constructor(deps: SpawnDeps, fn: string, id: string, listener: UnixListener) {
+  private constructor(deps: ContainerDeps, fn: string, id: string, listener: UnixListener) {
     this.#deps = deps;
     this.function = fn;
     this.id = id;
@@ -147,7 +148,7 @@ export class RequestContainer {
    * @throws {TypeError} when the function has no image or the image cannot be run (no command, named user).
    * @throws {ContainerdError} when containerd refuses a step.
    */
-  static async start(deps: SpawnDeps, fn: FunctionRecord, options: StartOptions = {}): Promise<RequestContainer> {
+  static async start(deps: ContainerDeps, fn: FunctionRecord, options: StartOptions = {}): Promise<RequestContainer> {
     if (!fn.image) throw new TypeError(`function ${fn.name} has no image deployed`);
     options.signal?.throwIfAborted();
     const id = `faasd-${randomHex(10)}`;
@@ -328,12 +329,12 @@ export class RequestContainer {
       }
       const left = deadline - Date.now();
       if (left <= 0) return "timeout";
-      const stop = new AbortController();
-      const onAbort = () => stop.abort(signal?.reason);
-      signal?.addEventListener("abort", onAbort, { once: true });
+      // The wait ends with this round, whichever way it ends (the caller's abort included).
+      const done = new AbortController();
+      const stop = signal ? AbortSignal.any([signal, done.signal]) : done.signal;
       try {
         // Aborting a wait rejects it; that rejection is expected once the race is decided, so it maps to a value.
-        const ready = this.#deps.poller.wait(this.#listener.fd, "read", { timeoutMs: left, signal: stop.signal })
+        const ready = this.#deps.poller.wait(this.#listener.fd, "read", { timeoutMs: left, signal: stop })
           .then((r) => r === "ready" ? "again" as const : "timeout" as const, () => "aborted" as const);
         const outcome = await Promise.race([ready, exited]);
         if (outcome === "aborted") throw signal?.reason ?? new Error("aborted");
@@ -341,8 +342,7 @@ export class RequestContainer {
         if (outcome === "exited") return "exited";
         if (outcome === "timeout") return "timeout";
       } finally {
-        signal?.removeEventListener("abort", onAbort);
-        stop.abort();
+        done.abort();
       }
     }
   }
@@ -405,7 +405,7 @@ export class RequestContainer {
     return this.remove();
   }
 
-  async #reportUsage(cgroupsPath: string, onUsage: NonNullable<SpawnDeps["onUsage"]>): Promise<void> {
+  async #reportUsage(cgroupsPath: string, onUsage: NonNullable<ContainerDeps["onUsage"]>): Promise<void> {
     try {
       const usage = await readUsage(cgroupsPath);
       if (usage) onUsage(this.function, this.id, usage, this.#served);
@@ -467,41 +467,4 @@ export class RequestContainer {
       await step("delete lease", () => containerd.deleteLease(this.#lease!, { sync: false }));
     }
   }
-}
-
-/**
- * Removes every per-request container, task, snapshot, lease and control socket found in containerd's namespace
- * and the state directory: what a previous faasd run left when it died mid-request. Call before serving.
- *
- * @returns how many request containers were reaped (shim group anchors, reaped too, are not counted).
- */
-export async function reapLeftovers(deps: Pick<SpawnDeps, "containerd" | "stateDir" | "snapshotter">): Promise<number> {
-  const { containerd, snapshotter } = deps;
-  const filter = `labels."${LABELS.kind}"==request`;
-  const swallow = (e: unknown) => {
-    if (!isNotFound(e)) log.error("reaping failed", { error: errorText(e) });
-  };
-  const containers = await containerd.listContainers(filter);
-  const anchors = containers.filter((c) => c.labels[LABELS.role] === "shim-anchor").length;
-  for (const c of containers) {
-    await containerd.killTask(c.id, 9, { all: true }).catch(() => {});
-    await containerd.deleteTask(c.id).catch(async () => {
-      // A task that was still stopping: wait for it, then delete.
-      await containerd.waitTask(c.id).catch(() => {});
-      await containerd.deleteTask(c.id).catch(swallow);
-    });
-    await containerd.deleteContainer(c.id).catch(swallow);
-  }
-  for (const s of await containerd.listSnapshots(snapshotter, filter)) {
-    await containerd.removeSnapshot(snapshotter, s.name).catch(swallow);
-  }
-  for (const l of await containerd.listLeases(filter)) {
-    await containerd.deleteLease(l.id, { sync: false }).catch(swallow);
-  }
-  const dir = socketDir(deps.stateDir);
-  await Deno.mkdir(dir, { recursive: true, mode: 0o700 });
-  for await (const entry of Deno.readDir(dir)) {
-    if (/\.(sock|log)$/.test(entry.name)) await Deno.remove(`${dir}/${entry.name}`).catch(() => {});
-  }
-  return containers.length - anchors;
 }
