@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(containerd runc podman iproute2 nftables golang-github-containers-common gcc libc6-dev golang-go curl ca-certificates python3
-  golang-github-containerd-containerd-dev golang-github-gogo-protobuf-dev)
+  golang-github-containerd-containerd-dev golang-github-gogo-protobuf-dev
+  etcd-server etcd-client docker-registry bird2 golang-etcd-server-dev golang-github-gogo-googleapis-dev)
 command -v npm >/dev/null || packages+=(npm)
 missing=()
 for p in "${packages[@]}"; do
