@@ -390,6 +390,37 @@ export class Containerd {
     return concatBytes(chunks, size);
   }
 
+  /**
+   * Streams a blob out of the content store at the pace it is read (containerd sends it in pieces of up to 1 MiB),
+   * never holding it whole; meant for layers. The call starts at the first read; cancelling the stream ends it.
+   *
+   * The stream errors with a {@linkcode ContainerdError}: `NotFound` for an unknown digest, `Canceled` once `signal`
+   * aborts.
+   */
+  readBlobStream(digest: string, options: { signal?: AbortSignal } = {}): ReadableStream<Uint8Array> {
+    const cancelled = new AbortController();
+    const signal = options.signal ? AbortSignal.any([options.signal, cancelled.signal]) : cancelled.signal;
+    let responses: AsyncIterator<{ data: Uint8Array }> | undefined;
+    return new ReadableStream<Uint8Array>({
+      pull: async (controller) => {
+        responses ??= this.#content.read({ digest }, { signal })[Symbol.asyncIterator]();
+        try {
+          for (;;) {
+            const next = await responses.next();
+            if (next.done) return controller.close();
+            if (next.value.data.length > 0) return controller.enqueue(next.value.data);
+          }
+        } catch (err) {
+          throw ContainerdError.from("Content.Read", err);
+        }
+      },
+      cancel: async () => {
+        cancelled.abort();
+        await responses?.return?.().catch(() => {});
+      },
+    }, { highWaterMark: 0 });
+  }
+
   /** A committed blob's info, or null when there is none. */
   async contentInfo(digest: string): Promise<ContentInfo | null> {
     try {

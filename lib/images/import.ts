@@ -7,6 +7,9 @@
  * hour regardless). On success the image record, with GC labels down to the top snapshot, holds what the image needs
  * and the lease is deleted; on failure the lease is deleted with a synchronous GC, so nothing the import wrote stays.
  *
+ * Everything after the blobs are in the content store ({@linkcode importWith}) is shared with the cluster's pull from
+ * a registry (lib/cluster/distribution.ts), so that an image pulled on another host ends exactly as it was imported.
+ *
  * @module
  */
 
@@ -23,7 +26,7 @@ import { type ArchiveContents, ingestArchive } from "./archive.ts";
 import { type LayerScan, SizeBudget } from "./layer_scan.ts";
 import { ImageImportError, withoutHostPaths } from "./errors.ts";
 import { type ProcessConfig, resolveImage } from "./manifest.ts";
-import type { DeployedProcess } from "../spec.ts";
+import type { DeployedProcess } from "../serve/spec.ts";
 import { unpackLayers } from "./unpack.ts";
 import { resolveImageUser } from "./user.ts";
 import { randomHex } from "../random.ts";
@@ -116,45 +119,122 @@ export async function importImage(
   if (!(options.maxBytes > 0)) throw new RangeError("importImage: maxBytes must be positive");
   const maxLayers = options.maxLayers ?? MAX_LAYERS;
   if (!(maxLayers >= 1)) throw new RangeError("importImage: maxLayers must be positive");
-  const snapshotter = options.snapshotter ?? "overlayfs";
-  const id = randomHex(6);
-  const refPrefix = `faasd-import-${id}`;
-  let lease: string;
   try {
-    lease = await client.createLease({
-      id: `faasd-import-${name}-${id}`,
-      labels: { [LABELS.managed]: "true", [LABELS.lease]: "import", [LABELS.function]: name },
-      expireAfterSeconds: LEASE_EXPIRY_SECONDS,
+    const finish = {
+      name,
+      maxBytes: options.maxBytes,
+      maxLayers,
+      snapshotter: options.snapshotter,
+      labels: options.labels,
+      mountDir: options.mountDir,
+    };
+    return await importWith(client, finish, async ({ lease, refPrefix }) => {
+      const contents = await traced("image.upload", {}, () =>
+        ingestArchive(client, body, {
+          lease,
+          refPrefix,
+          maxBytes: options.maxBytes,
+          maxEntries: options.maxEntries ?? DEFAULT_MAX_ENTRIES,
+          maxLayers,
+          stallMs: options.stallMs,
+        }));
+      const image = await traced("image.resolve", {}, () =>
+        resolveImage(client, contents, {
+          lease,
+          ref: `${refPrefix}-manifest`,
+          labels: { [LABELS.managed]: "true" },
+          maxLayers,
+        }));
+      return { ...image, scans: layerScans(contents) };
     });
   } catch (err) {
     await body.cancel().catch(() => {});
     throw toImportError(err, name);
   }
+}
+
+/** Options of {@linkcode importWith}. */
+export interface ImportWithOptions {
+  /** The function's name (already validated). */
+  name: string;
+  /** Limit of what the image's layers unpack to. */
+  maxBytes: number;
+  /** Most layers the image may have. */
+  maxLayers: number;
+  /** The snapshotter to unpack into (default overlayfs). */
+  snapshotter?: string;
+  /** Extra labels of the image record. */
+  labels?: Record<string, string>;
+  /** Where the image is mounted to read its `/etc/passwd` for a named USER. */
+  mountDir?: string;
+  /** Gives up between steps once aborted, throwing its reason (a stage watches it itself). */
+  signal?: AbortSignal;
+  /** Names the lease and ingest refs: `faasd-<what>-…` (default `import`). */
+  what?: string;
+}
+
+/** Where a stage of {@linkcode importWith} writes. */
+export interface StageContext {
+  /** The lease every blob is written under. */
+  lease: string;
+  /** Prefix of the stage's ingest refs (`<refPrefix>-…`): those left behind by a failure are aborted. */
+  refPrefix: string;
+}
+
+/** What a stage of {@linkcode importWith} put in the content store, under its lease. */
+export interface StagedImage {
+  /** The image's own reference, if its source gave one (else the function name is used). */
+  imageRef: string | undefined;
+  /** The manifest, committed and labelled with the GC references to its config and layers. */
+  manifest: Descriptor;
+  config: Descriptor;
+  layers: Descriptor[];
+  /** The uncompressed digest of each layer, from the config. */
+  diffIds: string[];
+  process: ProcessConfig;
+  /** What each layer blob (by digest) was found to be as it streamed into containerd. */
+  scans: ReadonlyMap<string, LayerScan>;
+}
+
+/**
+ * Brings an image into containerd as function `options.name`'s image: `stage` writes its blobs and manifest under a
+ * fresh import lease; then the image is checked runnable and within `maxBytes` unpacked, its layers are unpacked
+ * into snapshots, its USER is resolved, and its image record ({@linkcode containerdImageName}) is created or updated
+ * with GC labels that hold it all once the lease is gone. The path {@linkcode importImage} (from a tarball) and the
+ * cluster's pull (from a registry) share.
+ *
+ * @throws {ImageImportError} for an image no request could run, one that unpacks past `maxBytes`, or a layer that is
+ *   not an unpackable tar; whatever `stage` throws, {@linkcode ContainerdError}s and an abort's reason, all unchanged
+ *   (callers turn them into their own errors, e.g. with {@linkcode toImportError}). On any failure nothing written
+ *   stays: the stage's ingests are aborted and the lease deleted with a synchronous GC.
+ */
+export async function importWith(
+  client: Containerd,
+  options: ImportWithOptions,
+  stage: (context: StageContext) => Promise<StagedImage>,
+): Promise<ImportedImage> {
+  const { name, signal } = options;
+  const snapshotter = options.snapshotter ?? "overlayfs";
+  const what = options.what ?? "import";
+  const id = randomHex(6);
+  const refPrefix = `faasd-${what}-${id}`;
+  const lease = await client.createLease({
+    id: `faasd-${what}-${name}-${id}`,
+    labels: { [LABELS.managed]: "true", [LABELS.lease]: "import", [LABELS.function]: name },
+    expireAfterSeconds: LEASE_EXPIRY_SECONDS,
+  });
   try {
-    const contents = await traced("image.upload", {}, () =>
-      ingestArchive(client, body, {
-        lease,
-        refPrefix,
-        maxBytes: options.maxBytes,
-        maxEntries: options.maxEntries ?? DEFAULT_MAX_ENTRIES,
-        maxLayers,
-        stallMs: options.stallMs,
-      }));
-    const image = await traced("image.resolve", {}, () =>
-      resolveImage(client, contents, {
-        lease,
-        ref: `${refPrefix}-manifest`,
-        labels: { [LABELS.managed]: "true" },
-        maxLayers,
-      }));
+    const image = await stage({ lease, refPrefix });
+    signal?.throwIfAborted();
     checkRunnable(image.process);
-    checkLayers(contents, image.layers, options.maxBytes);
+    checkLayers(image.scans, image.layers, options.maxBytes);
     const chainId = await unpackLayers(client, image.layers, image.diffIds, {
       snapshotter,
       lease,
       keyPrefix: `faasd-extract-${id}`,
       labels: { [LABELS.managed]: "true" },
     });
+    signal?.throwIfAborted();
     // The config's snapshot reference is what keeps the unpacked snapshots once the lease is gone.
     await client.updateContentLabels(image.config.digest, {
       [`containerd.io/gc.ref.snapshot.${snapshotter}`]: chainId,
@@ -172,6 +252,7 @@ export async function importImage(
         mountDir: options.mountDir,
       }),
     };
+    signal?.throwIfAborted();
     const imageRef = image.imageRef ?? name;
     const record = {
       name: containerdImageName(name, image.manifest.digest),
@@ -195,9 +276,8 @@ export async function importImage(
       config: process,
     };
   } catch (err) {
-    await body.cancel().catch(() => {});
     await discard(client, lease, refPrefix);
-    throw toImportError(err, name);
+    throw err;
   }
 }
 
@@ -223,16 +303,25 @@ export async function removeImage(client: Containerd, containerdName: string): P
  *
  * @throws {ImageImportError} for an unusable layer; {@linkcode ImageTooLargeError} past the limit.
  */
-function checkLayers(contents: ArchiveContents, layers: readonly Descriptor[], maxBytes: number): void {
-  const scans = new Map<string, LayerScan>();
-  for (const entry of contents.entries.values()) if (entry.kind === "blob") scans.set(entry.digest, entry.scan);
+function checkLayers(
+  scans: ReadonlyMap<string, LayerScan>,
+  layers: readonly Descriptor[],
+  maxBytes: number,
+): void {
   const unpacked = new SizeBudget(maxBytes, "unpacked");
   for (const [i, layer] of layers.entries()) {
     const scan = scans.get(layer.digest);
-    if (!scan) throw new ImageImportError(`layer ${i + 1} (${layer.digest}) is not in the archive`);
+    if (!scan) throw new ImageImportError(`layer ${i + 1} (${layer.digest}) was not scanned`);
     if (scan.kind === "unusable") throw new ImageImportError(`layer ${i + 1} (${layer.digest}) ${scan.reason}`);
     unpacked.charge(scan.unpackedBytes);
   }
+}
+
+/** The scan of every blob of an archive, by digest. */
+function layerScans(contents: ArchiveContents): Map<string, LayerScan> {
+  const scans = new Map<string, LayerScan>();
+  for (const entry of contents.entries.values()) if (entry.kind === "blob") scans.set(entry.digest, entry.scan);
+  return scans;
 }
 
 /** Refuses at deploy time an image that no request could run: no command. */
@@ -255,7 +344,7 @@ async function discard(client: Containerd, lease: string, refPrefix: string): Pr
  * The error the client sees. Ours pass through; anything else is containerd's or the system's failure, whose message
  * may name host paths: the client gets it without them, the operator's log the whole error.
  */
-function toImportError(err: unknown, name: string): ImageImportError {
+export function toImportError(err: unknown, name: string): ImageImportError {
   if (err instanceof ImageImportError) return err;
   if (err instanceof ContainerdError) {
     log.error("deploy failed", { function: name, error: err.message });

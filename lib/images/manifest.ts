@@ -21,9 +21,9 @@ import {
   OCI_CONFIG,
   OCI_MANIFEST,
 } from "./mediatypes.ts";
-import type { ProcessConfig } from "../spec.ts";
+import type { ProcessConfig } from "../serve/spec.ts";
 
-export type { ProcessConfig } from "../spec.ts";
+export type { ProcessConfig } from "../serve/spec.ts";
 
 /** One image of an archive, its manifest committed and labelled. */
 export interface ResolvedImage {
@@ -98,7 +98,7 @@ async function resolveDocker(
     const blob = lookup(contents, path, `layer ${i + 1}`);
     return { mediaType: dockerLayerType(detectCompression(blob.head)), digest: blob.digest, size: blob.size };
   });
-  const { diffIds, process } = readConfig(configJson, layers.length);
+  const { diffIds, process } = readImageConfig(configJson, layers.length);
   const manifestBytes = new TextEncoder().encode(JSON.stringify({
     schemaVersion: 2,
     mediaType: DOCKER_MANIFEST,
@@ -135,22 +135,10 @@ async function resolveOci(
   const { descriptor, annotations } = found;
   const manifestBlob = blobOf(contents, descriptor, "image manifest");
   const manifest = await loadJson(client, manifestBlob, "image manifest");
-  if (!isObject(manifest.config)) throw new ImageImportError("image manifest has no config");
-  if (!Array.isArray(manifest.layers)) throw new ImageImportError("image manifest has no layers list");
-  if (manifest.layers.length > options.maxLayers) {
-    throw new TooManyLayersError(options.maxLayers, manifest.layers.length);
-  }
-  const config = toDescriptor(manifest.config, "image config");
+  const { config, layers } = manifestContents(manifest, options.maxLayers);
   const configJson = await loadJson(client, blobOf(contents, config, "image config"), "image config");
-  const layers = manifest.layers.map((l: unknown, i: number) => {
-    const layer = toDescriptor(l, `layer ${i + 1}`);
-    if (!isLayerType(layer.mediaType)) {
-      throw new ImageImportError(`layer ${i + 1} has an unsupported media type ${JSON.stringify(layer.mediaType)}`);
-    }
-    blobOf(contents, layer, `layer ${i + 1}`);
-    return layer;
-  });
-  const { diffIds, process } = readConfig(configJson, layers.length);
+  layers.forEach((layer, i) => blobOf(contents, layer, `layer ${i + 1}`));
+  const { diffIds, process } = readImageConfig(configJson, layers.length);
   await client.updateContentLabels(manifestBlob.digest, { ...options.labels, ...gcLabels(config, layers) });
   const mediaType = typeof manifest.mediaType === "string" && isManifestType(manifest.mediaType)
     ? manifest.mediaType
@@ -209,13 +197,45 @@ function refName(annotations: Record<string, string>): string | undefined {
   return ref && /[/:]/.test(ref) ? ref : undefined;
 }
 
-function gcLabels(config: Descriptor, layers: Descriptor[]): Record<string, string> {
+/**
+ * The config and layer descriptors of a single-platform image manifest (OCI or docker schema 2).
+ *
+ * @throws {ImageImportError} when it lacks either, has an invalid descriptor, or a layer of a media type containerd
+ *   cannot unpack.
+ * @throws {TooManyLayersError} when it lists more than `maxLayers` layers (checked first).
+ */
+export function manifestContents(
+  manifest: Record<string, unknown>,
+  maxLayers: number,
+): { config: Descriptor; layers: Descriptor[] } {
+  if (!isObject(manifest.config)) throw new ImageImportError("image manifest has no config");
+  if (!Array.isArray(manifest.layers)) throw new ImageImportError("image manifest has no layers list");
+  if (manifest.layers.length > maxLayers) throw new TooManyLayersError(maxLayers, manifest.layers.length);
+  const config = toDescriptor(manifest.config, "image config");
+  const layers = manifest.layers.map((l: unknown, i: number) => {
+    const layer = toDescriptor(l, `layer ${i + 1}`);
+    if (!isLayerType(layer.mediaType)) {
+      throw new ImageImportError(`layer ${i + 1} has an unsupported media type ${JSON.stringify(layer.mediaType)}`);
+    }
+    return layer;
+  });
+  return { config, layers };
+}
+
+/** The labels of a manifest blob that keep its config and layers from containerd's garbage collection. */
+export function gcLabels(config: Descriptor, layers: readonly Descriptor[]): Record<string, string> {
   const labels: Record<string, string> = { "containerd.io/gc.ref.content.config": config.digest };
   layers.forEach((l, i) => labels[`containerd.io/gc.ref.content.l.${i}`] = l.digest);
   return labels;
 }
 
-function readConfig(
+/**
+ * The layers' diff ids and the process settings of an image config.
+ *
+ * @throws {ImageImportError} when the config does not list one valid diff id per layer (and at least one), or a
+ *   process setting has the wrong type.
+ */
+export function readImageConfig(
   config: Record<string, unknown>,
   layerCount: number,
 ): { diffIds: string[]; process: ProcessConfig } {
@@ -317,6 +337,15 @@ async function loadJson(client: Containerd, blob: ArchiveBlob, what: string): Pr
       throw err;
     }
   }
+  return parseJsonObject(bytes, what);
+}
+
+/**
+ * Parses `bytes` as a JSON object; `what` names it in errors.
+ *
+ * @throws {ImageImportError} when it is not valid JSON or not an object.
+ */
+export function parseJsonObject(bytes: Uint8Array, what: string): Record<string, unknown> {
   const value = parseJson(bytes, what);
   if (!isObject(value)) throw new ImageImportError(`${what} is not a JSON object`);
   return value;

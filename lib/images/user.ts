@@ -15,9 +15,9 @@ import type { Containerd } from "../containerd/client.ts";
 import { ImageImportError } from "./errors.ts";
 import { detach, ReadOnlyMount } from "../../ffi/mod.ts";
 
-import type { ResolvedUser } from "../spec.ts";
+import type { ResolvedUser } from "../serve/spec.ts";
 
-export type { ResolvedUser } from "../spec.ts";
+export type { ResolvedUser } from "../serve/spec.ts";
 
 /** The image's account databases; null when the image has no such file. */
 export interface AccountFiles {
