@@ -33,7 +33,7 @@ Commands:
                                       change a function's limits and pool sizing; --default KEY returns one to
                                       faasd's default
   ip NAME                             print the IP of a function
-  list [--json]                       list functions: IMAGE  IP  STATUS  READY (ready/min-max)
+  list [--json]                       list functions: IMAGE  IP  STATUS  READY (ready/min-max) [HOSTS]
   delete NAME                         stop serving a function, free its IP, remove its image
   logs NAME [-f]                      print a function's container output; -f follows it
   stats NAME [--json]                 requests, latency, CPU and peak memory per request, OOM kills
@@ -91,7 +91,9 @@ ${LIMITS_HELP}  --default KEY    return KEY (${SETTING_KEYS.join(", ")}) to faas
   list: `Usage: faas list [--json]
 
 Lists deployed functions as a table IMAGE  IP  STATUS  READY, or as faasd's JSON. READY is ready/min-max: the ready
-containers the function has now, and how many faasd keeps for it at least (once idle) and at most.
+containers the function has now, and how many faasd keeps for it at least (once idle) and at most. In a cluster,
+HOSTS lists the hosts serving the function (the ready count is this host's), a host marked * still serves an older
+image; --json shows each host's image digest.
 `,
   delete: "Usage: faas delete NAME\n\nStops serving NAME, frees its IP and removes its image.\n",
   init: `Usage: faas init LANG NAME [--dir D]
@@ -356,15 +358,23 @@ interface Entry {
   max_ready: number;
   ready: number;
   settings: Record<string, unknown>;
+  digest: string | null;
+  /** In a cluster: which hosts serve which image. */
+  hosts?: Array<{ host: string; digest: string }>;
 }
 
 async function cmdList(api: Target, args: string[]): Promise<void> {
   const { values } = parseArgs({ args, options: { json: { type: "boolean" } } });
   const data = await (await call(api, "/api/list")).json() as Record<string, Entry>;
   if (values.json) return console.log(JSON.stringify(data, null, 2));
+  // A cluster's faasd says which hosts serve each function: HOSTS lists them, `*` marking a host still on another image.
+  const cluster = Object.values(data).some((f) => f.hosts);
+  const hosts = (f: Entry) => f.hosts?.map((h) => `${h.host}${h.digest === f.digest ? "" : "*"}`).join(",") || "-";
   const rows = [
-    ["IMAGE", "IP", "STATUS", "READY"],
-    ...Object.entries(data).map(([name, f]) => [name, f.ip, f.status, `${f.ready}/${f.min_ready}-${f.max_ready}`]),
+    ["IMAGE", "IP", "STATUS", "READY", ...(cluster ? ["HOSTS"] : [])],
+    ...Object.entries(data).map((
+      [name, f],
+    ) => [name, f.ip, f.status, `${f.ready}/${f.min_ready}-${f.max_ready}`, ...(cluster ? [hosts(f)] : [])]),
   ];
   const last = rows[0]!.length - 1;
   const width = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)) + 2);

@@ -47,6 +47,22 @@ export interface DaemonConfig {
   seccomp: string;
   /** Whether handed-over sockets are kept from opening connections (nftables), or the operator opted out. */
   socketGuard: "nftables" | "off";
+  /** Cluster mode (`--cluster`); null: a single host on SQLite. */
+  cluster: ClusterConfig | null;
+}
+
+/** The flags of cluster mode. */
+export interface ClusterConfig {
+  /** `--cluster etcd://HOST:PORT[,HOST:PORT…]`, as `http://HOST:PORT` endpoints. */
+  etcd: string[];
+  /** `--registry`: the cluster's OCI registry, e.g. `http://192.0.2.1:5000`. */
+  registry: string;
+  /** `--host-name`: this host's name in the cluster (default: the machine's hostname). */
+  host: string;
+  /** `--host-ttl`: how long a host that stopped renewing its etcd lease stays listed, in seconds. */
+  hostTtlSeconds: number;
+  /** `--bird-config`: the operator's BIRD 2 fragment with the BGP sessions; null: announce nothing. */
+  birdConfig: string | null;
 }
 
 /** The daemon's per-container limits: the defaults, and the ceilings of per-function settings. */
@@ -242,6 +258,27 @@ export const FLAGS = {
     default: "10s",
     help: "how long SIGTERM waits for in-flight requests",
   },
+  "cluster": {
+    env: "FAASD_CLUSTER",
+    default: "",
+    help: "cluster mode: etcd://HOST:PORT[,HOST:PORT...] holds the functions shared by every host (default: none)",
+  },
+  "registry": {
+    env: "FAASD_REGISTRY",
+    default: "",
+    help: "cluster mode: the OCI registry images move through, e.g. http://192.0.2.1:5000",
+  },
+  "host-name": { env: "FAASD_HOST_NAME", default: "", help: "cluster mode: this host's name (default: hostname)" },
+  "host-ttl": {
+    env: "FAASD_HOST_TTL",
+    default: "10s",
+    help: "cluster mode: how long a host that stopped renewing its etcd lease stays a member",
+  },
+  "bird-config": {
+    env: "FAASD_BIRD_CONFIG",
+    default: "",
+    help: "cluster mode: BIRD 2 config fragment with the BGP sessions; faasd runs BIRD announcing its function IPs",
+  },
 } as const satisfies Record<string, FlagSpec>;
 
 /** A container memory limit: 0 (none) or at least 4 MiB, below which runc cannot even start one. @throws {TypeError} */
@@ -434,6 +471,50 @@ export function parseDaemonConfig(
     logFormat: oneOf(get("log-format"), ["auto", "json", "text"] as const, "--log-format"),
     logLevel: oneOf(get("log-level"), LOG_LEVELS, "--log-level"),
     socketGuard: parseSocketGuard(get("socket-guard")),
+    cluster: parseCluster(get),
+  };
+}
+
+function parseCluster(get: (flag: keyof typeof FLAGS) => string): ClusterConfig | null {
+  const cluster = get("cluster");
+  const registry = get("registry");
+  const bird = get("bird-config");
+  if (!cluster) {
+    if (registry || bird || get("host-name")) {
+      throw new TypeError("--registry, --bird-config and --host-name need --cluster");
+    }
+    return null;
+  }
+  if (!cluster.startsWith("etcd://")) {
+    throw new TypeError(`invalid --cluster ${JSON.stringify(cluster)}: expected etcd://HOST:PORT[,HOST:PORT...]`);
+  }
+  const etcd = cluster.slice("etcd://".length).split(",").map((endpoint) => {
+    const colon = endpoint.lastIndexOf(":");
+    if (colon <= 0) throw new TypeError(`invalid --cluster endpoint ${JSON.stringify(endpoint)}: expected HOST:PORT`);
+    parsePort(endpoint.slice(colon + 1), "--cluster");
+    return `http://${endpoint}`;
+  });
+  if (!registry) throw new TypeError("--cluster needs --registry (the OCI registry images move through)");
+  let url: URL;
+  try {
+    url = new URL(registry);
+  } catch (e) {
+    throw new TypeError(`invalid --registry ${JSON.stringify(registry)}: expected http(s)://HOST:PORT`, { cause: e });
+  }
+  if (url.protocol !== "http:" && url.protocol !== "https:") {
+    throw new TypeError(`invalid --registry ${JSON.stringify(registry)}: expected http(s)://HOST:PORT`);
+  }
+  const host = get("host-name") || Deno.hostname();
+  if (!/^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$/i.test(host)) {
+    throw new TypeError(`invalid --host-name ${JSON.stringify(host)}: letters, digits, dots and dashes`);
+  }
+  const ttlMs = parsePositiveDuration(get("host-ttl"), "--host-ttl");
+  return {
+    etcd,
+    registry: url.origin,
+    host,
+    hostTtlSeconds: Math.max(2, Math.ceil(ttlMs / 1000)),
+    birdConfig: bird || null,
   };
 }
 

@@ -178,3 +178,50 @@ Deno.test("parseDaemonConfig() reads --log-format and --log-level, refusing othe
   assertThrows(() => parseDaemonConfig(["--log-format", "xml"], () => undefined), TypeError, "--log-format");
   assertThrows(() => parseDaemonConfig(["--log-level", "loud"], () => undefined), TypeError, "--log-level");
 });
+
+Deno.test("parseDaemonConfig() reads cluster mode's flags, and is a single host without --cluster", () => {
+  const single = parseDaemonConfig([], () => undefined);
+  if (single === "help") throw new Error("help");
+  assertEquals(single.cluster, null);
+  const c = parseDaemonConfig([
+    "--cluster",
+    "etcd://192.0.2.1:2379,192.0.2.2:2379",
+    "--registry",
+    "http://192.0.2.1:5000/",
+    "--host-name",
+    "host1",
+    "--host-ttl",
+    "4s",
+    "--bird-config",
+    "/etc/faasd/bird.conf",
+  ], () => undefined);
+  if (c === "help") throw new Error("help");
+  assertEquals(c.cluster, {
+    etcd: ["http://192.0.2.1:2379", "http://192.0.2.2:2379"],
+    registry: "http://192.0.2.1:5000",
+    host: "host1",
+    hostTtlSeconds: 4,
+    birdConfig: "/etc/faasd/bird.conf",
+  });
+  const fromEnv = parseDaemonConfig(
+    [],
+    (n) => ({ FAASD_CLUSTER: "etcd://192.0.2.1:2379", FAASD_REGISTRY: "http://192.0.2.1:5000" })[n],
+  );
+  if (fromEnv === "help") throw new Error("help");
+  assertEquals(fromEnv.cluster?.host, Deno.hostname());
+  assertEquals(fromEnv.cluster?.birdConfig, null);
+});
+
+Deno.test("parseDaemonConfig() refuses a malformed cluster configuration, naming the flag", () => {
+  const parse = (...args: string[]) => () => parseDaemonConfig(args, () => undefined);
+  assertThrows(parse("--registry", "http://192.0.2.1:5000"), TypeError, "need --cluster");
+  assertThrows(parse("--cluster", "http://192.0.2.1:2379", "--registry", "http://x:1"), TypeError, "--cluster");
+  assertThrows(parse("--cluster", "etcd://192.0.2.1", "--registry", "http://x:1"), TypeError, "--cluster endpoint");
+  assertThrows(parse("--cluster", "etcd://192.0.2.1:2379"), TypeError, "--cluster needs --registry");
+  assertThrows(parse("--cluster", "etcd://192.0.2.1:2379", "--registry", "ftp://x"), TypeError, "--registry");
+  assertThrows(
+    parse("--cluster", "etcd://192.0.2.1:2379", "--registry", "http://x:1", "--host-name", "a b"),
+    TypeError,
+    "--host-name",
+  );
+});

@@ -10,7 +10,7 @@ import { errorText, log } from "./log.ts";
 import { traced } from "./trace.ts";
 import { assertValidName } from "./names.ts";
 import { type IpPool, PoolExhaustedError } from "./ipam.ts";
-import type { DeployedImage, FunctionRecord, Registry } from "./registry.ts";
+import type { DeployedImage, FunctionRecord, FunctionRegistry } from "./registry.ts";
 import { mergeSettings, type SettingsPatch } from "./settings.ts";
 
 /** Raised for a function name that is not deployed; the API answers 404. */
@@ -45,7 +45,7 @@ export interface Addresses {
 
 /** Dependencies handed in by the composition root. */
 export interface FunctionsDeps {
-  registry: Registry;
+  registry: FunctionRegistry;
   pool: IpPool;
   images: ImageStore;
   serving: Serving;
@@ -115,8 +115,11 @@ export class Functions {
         span.setAttribute("image.digest", image.manifestDigest);
         let deployed: { record: FunctionRecord; created: boolean };
         try {
-          deployed = await traced("registry.update", {}, () =>
-            Promise.resolve(registry.deploy(name, image, pool, settings)));
+          deployed = await traced(
+            "registry.update",
+            {},
+            async () => await registry.deploy(name, image, pool, settings),
+          );
         } catch (e) {
           await images.remove(name, image).catch(() => {});
           throw e;
@@ -128,9 +131,8 @@ export class Functions {
           serving.serve(record);
         } catch (e) {
           // Undo: the function is as it was before (or gone again), its new image too.
-          if (before) {
-            registry.restore(before);
-          } else registry.remove(name);
+          if (before) await registry.restore(before);
+          else await registry.remove(name);
           if (added) {
             await addresses.release(record.ip).catch(() => {});
           }
@@ -166,22 +168,23 @@ export class Functions {
    *   max_ready); nothing is changed.
    */
   update(name: string, patch: SettingsPatch): Promise<FunctionRecord> {
-    return this.#locked(name, () => {
+    return this.#locked(name, async () => {
       const { registry, serving } = this.#deps;
       const before = registry.get(name);
       if (!before) throw new FunctionNotFoundError(name);
-      const record = registry.updateSettings(name, patch)!;
+      const record = await registry.updateSettings(name, patch);
+      if (!record) throw new FunctionNotFoundError(name); // deleted meanwhile (by another host of a cluster)
       log.info("settings changed", { function: name, keys: Object.keys(patch).join(",") });
       // A function waiting for its image has nothing to serve; it gets the settings with its first image.
       if (record.status === "active") {
         try {
           serving.serve(record);
         } catch (e) {
-          registry.restore(before);
+          await registry.restore(before);
           throw e;
         }
       }
-      return Promise.resolve(record);
+      return record;
     });
   }
 
@@ -197,13 +200,17 @@ export class Functions {
       const record = registry.get(name);
       if (!record) throw new FunctionNotFoundError(name);
       serving.stop(name);
+      // The registry first: in a cluster it is the step that can fail (etcd unreachable) and others act on it.
+      let removed = false;
       try {
+        await registry.remove(name);
+        removed = true;
         if (record.image) await images.remove(name, record.image);
       } catch (e) {
+        if (removed) await Promise.resolve().then(() => registry.restore(record)).catch(() => {});
         if (record.status === "active") serving.serve(record);
         throw e;
       }
-      registry.remove(name);
       await addresses.release(record.ip).catch((e) =>
         log.error("releasing the address failed", { function: name, ip: record.ip, error: errorText(e) })
       );

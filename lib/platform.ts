@@ -9,22 +9,24 @@ import { untilContainerdAnswers } from "./containerd/availability.ts";
 import { Containerd } from "./containerd/client.ts";
 import { type DaemonConfig, resolveMaxContainers } from "./config.ts";
 import { poolSizing } from "./settings.ts";
-import { Registry } from "./registry.ts";
-import { Functions } from "./functions.ts";
+import { type FunctionRegistry, Registry } from "./registry.ts";
+import { type ClusterMode, openClusterMode } from "./cluster/cluster_mode.ts";
+import { Functions, type Serving } from "./functions.ts";
 import { ensureAddress, ownAddresses, releaseAddress } from "./hostaddr.ts";
 import { containerdImageStore, reapImages } from "./image_store.ts";
 import { reapRootfsMounts } from "./images/user.ts";
 import { Metrics } from "./metrics.ts";
 import { FunctionStats } from "./stats.ts";
 import type { ContainerUsage } from "./usage.ts";
-import { Server } from "./serve.ts";
-import { reapLeftovers, socketDir } from "./spawn.ts";
-import { CAPABILITIES, hasSwapAccounting } from "./spec.ts";
+import { Server } from "./serve/server.ts";
+import { socketDir } from "./serve/container.ts";
+import { reapLeftovers } from "./serve/reap.ts";
+import { CAPABILITIES, hasSwapAccounting } from "./serve/spec.ts";
 import { loadSeccompProfile } from "./seccomp.ts";
 import { resolveShim, RUNC_V2 } from "./shim.ts";
 import { resolveAdapter } from "./adapter.ts";
 import { Secrets } from "./secrets.ts";
-import { GUARD_MARK, SocketGuard } from "./socket_guard.ts";
+import { GUARD_MARK, SocketGuard } from "./serve/socket_guard.ts";
 import { autoTotals, ParentCgroup } from "./cgroups.ts";
 import { reapScratch } from "./scratch.ts";
 import { logPath, Logs, removeLogs } from "./logs.ts";
@@ -36,7 +38,10 @@ export interface Platform {
   /** The control API handler. */
   api: (req: Request) => Promise<Response>;
   functions: Functions;
-  registry: Registry;
+  /** SQLite on a single host; etcd in a cluster. */
+  registry: FunctionRegistry;
+  /** Cluster mode's parts; null on a single host. */
+  cluster: ClusterMode | null;
   containerd: Containerd;
   server: Server;
   metrics: Metrics;
@@ -86,10 +91,11 @@ export async function startPlatform(config: DaemonConfig, log: (message: string)
   await Deno.mkdir(socketDir(stateDir), { recursive: true, mode: 0o700 });
   await Deno.chmod(socketDir(stateDir), 0o700);
 
-  const registry = new Registry(`${stateDir}/faasd.db`);
+  // A cluster's registry is etcd, opened once the server exists (cluster mode serves through it).
+  const local = config.cluster ? null : new Registry(`${stateDir}/faasd.db`);
   const seedJson = `${stateDir}/registry.json`;
   try {
-    const result = registry.importSeedJson(await Deno.readTextFile(seedJson), config.ipPool);
+    const result = local?.importSeedJson(await Deno.readTextFile(seedJson), config.ipPool);
     if (result) {
       log(`imported ${result.imported.length} function(s) from ${seedJson} (redeploy them to serve)`);
       for (const s of result.skipped) log(`registry.json: skipped ${s}`);
@@ -97,10 +103,16 @@ export async function startPlatform(config: DaemonConfig, log: (message: string)
   } catch (e) {
     if (!(e instanceof Deno.errors.NotFound)) throw e;
   }
+  let cluster: ClusterMode | null = null;
+  let registry: FunctionRegistry = local!;
 
   const containerd = new Containerd({ address: config.containerd, namespace: config.namespace });
   let poller: Poller | null = null;
   let guard: SocketGuard | null = null;
+  const closeRegistry = async () => {
+    local?.close();
+    await cluster?.close();
+  };
   try {
     const version = await waitForContainerd(containerd, config.containerd);
     log(`containerd ${version} on ${config.containerd}, namespace ${config.namespace}`);
@@ -186,17 +198,36 @@ export async function startPlatform(config: DaemonConfig, log: (message: string)
     await Deno.mkdir(mountDir, { recursive: true, mode: 0o700 });
     const staleMounts = await reapRootfsMounts(mountDir);
     if (staleMounts) log(`removed ${staleMounts} image mount(s) left by a previous run`);
-    const images = containerdImageStore(containerd, {
+    let images = containerdImageStore(containerd, {
       maxBytes: config.maxImageBytes,
       snapshotter: config.snapshotter,
       mountDir,
     });
+    const addresses = { ensure: ensureAddress, release: releaseAddress };
+    let serving: Serving = server;
+    if (config.cluster) {
+      cluster = await openClusterMode(config.cluster, {
+        containerd,
+        localImages: images,
+        server,
+        addresses,
+        stateDir,
+        api: `http://${config.api.hostname}:${config.api.port}`,
+        maxImageBytes: config.maxImageBytes,
+        snapshotter: config.snapshotter,
+        mountDir,
+      });
+      registry = cluster.registry;
+      images = cluster.images;
+      serving = cluster.serving;
+      log(`cluster mode: host ${config.cluster.host}, etcd ${config.cluster.etcd.join(",")}`);
+    }
     const functions = new Functions({
       registry,
       pool: config.ipPool,
       images,
-      serving: server,
-      addresses: { ensure: ensureAddress, release: releaseAddress },
+      serving,
+      addresses,
       onDeleted: async (name) => {
         await logs.forget(name);
         await removeLogs(logPath(stateDir, name));
@@ -214,8 +245,16 @@ export async function startPlatform(config: DaemonConfig, log: (message: string)
     for (const ip of await ownAddresses()) {
       if (config.ipPool.contains(ip) && !deployedIps.has(ip)) await releaseAddress(ip);
     }
-    const served = await functions.restore((record, e) => log(`cannot serve ${record.name}: ${(e as Error).message}`));
-    if (served) log(`serving ${served} function(s) on port ${config.port}`);
+    if (cluster) {
+      // The converger serves what etcd holds, pulling the images this host lacks before announcing anything.
+      await cluster.start();
+      log(`serving ${cluster.registry.list().length} function(s) of the cluster on port ${config.port}`);
+    } else {
+      const served = await functions.restore((record, e) =>
+        log(`cannot serve ${record.name}: ${(e as Error).message}`)
+      );
+      if (served) log(`serving ${served} function(s) on port ${config.port}`);
+    }
 
     const stopping = new AbortController();
     const api = createApi({
@@ -228,6 +267,7 @@ export async function startPlatform(config: DaemonConfig, log: (message: string)
       stopping: stopping.signal,
       token: config.apiToken,
       pool: { ready: (name) => server.ready(name), status: (name) => server.status(name) },
+      placements: cluster ? (name) => cluster!.registry.placements(name) : undefined,
       probe: async () => ({ containerd: (await containerd.version()).version, functions: registry.list().length }),
       secrets,
       adapterBuilt: adapter !== null,
@@ -236,6 +276,8 @@ export async function startPlatform(config: DaemonConfig, log: (message: string)
     let closing: Promise<void> | null = null;
     const drain = () =>
       draining ??= (async () => {
+        // A cluster host withdraws its routes and leaves first, so that the router sends new connections elsewhere.
+        await cluster?.close();
         stopping.abort();
         await server.close(config.shutdownGraceMs);
       })();
@@ -247,6 +289,7 @@ export async function startPlatform(config: DaemonConfig, log: (message: string)
       api,
       functions,
       registry,
+      cluster,
       containerd,
       server,
       metrics,
@@ -265,14 +308,14 @@ export async function startPlatform(config: DaemonConfig, log: (message: string)
           else log("socket guard kept: containers may still run; the next start replaces it");
           clearInterval(guardCheck);
           containerd.close();
-          registry.close();
+          await closeRegistry();
         })(),
     };
   } catch (e) {
     await guard?.remove();
     poller?.close();
     containerd.close();
-    registry.close();
+    await closeRegistry();
     throw e;
   }
 }

@@ -9,10 +9,10 @@
 import { DatabaseSync } from "node:sqlite";
 import { assertValidName, isValidName } from "./names.ts";
 import type { IpPool } from "./ipam.ts";
-import type { DeployedProcess } from "./spec.ts";
+import type { DeployedProcess } from "./serve/spec.ts";
 import { type FunctionSettings, mergeSettings, type SettingsPatch } from "./settings.ts";
 
-export type { DeployedProcess } from "./spec.ts";
+export type { DeployedProcess } from "./serve/spec.ts";
 
 /** The image a function runs, as the import left it in containerd. */
 export interface DeployedImage {
@@ -83,11 +83,31 @@ function toRecord(row: Row): FunctionRecord {
 }
 
 /** The columns of `functions`, named in every INSERT so that a column added later cannot shift the values. */
+/**
+ * What faasd's deploy, update and delete paths need of a registry: the SQLite one below on a single host, the etcd
+ * one (cluster/cluster_registry.ts) in a cluster. Reads are synchronous (the etcd one answers from its watched
+ * copy); writes may be asynchronous. Each write method throws as {@linkcode Registry}'s namesake documents.
+ */
+export interface FunctionRegistry {
+  get(name: string): FunctionRecord | null;
+  list(): FunctionRecord[];
+  hasFreeIp(pool: IpPool): boolean;
+  deploy(
+    name: string,
+    image: DeployedImage,
+    pool: IpPool,
+    settings?: SettingsPatch,
+  ): { record: FunctionRecord; created: boolean } | Promise<{ record: FunctionRecord; created: boolean }>;
+  updateSettings(name: string, patch: SettingsPatch): FunctionRecord | null | Promise<FunctionRecord | null>;
+  restore(record: FunctionRecord): void | Promise<void>;
+  remove(name: string): FunctionRecord | null | Promise<FunctionRecord | null>;
+}
+
 const INSERT = `INSERT INTO functions (name, ip, status, image_ref, image_json, created_at, updated_at, settings_json)
   VALUES (?, ?, ?, ?, ?, ?, ?, ?)`;
 
 /** The SQLite-backed registry. Synchronous: each method is one short transaction. */
-export class Registry {
+export class Registry implements FunctionRegistry {
   readonly #db: DatabaseSync;
   readonly #now: () => Date;
   #closed = false;

@@ -9,8 +9,10 @@ import { errorText, log } from "../log.ts";
 import { FunctionNotFoundError } from "../functions.ts";
 import { PoolExhaustedError } from "../ipam.ts";
 import { ContainerdError, isUnavailable } from "../containerd/errors.ts";
+import { EtcdError, EtcdUnavailableError } from "../cluster/etcd.ts";
+import { RegistryError } from "../cluster/distribution.ts";
 import { ImageImportError, withoutHostPaths } from "../images/errors.ts";
-import { ListenError } from "../serve.ts";
+import { ListenError } from "../serve/server.ts";
 import { HostAddressError } from "../hostaddr.ts";
 import { SettingsError } from "../settings.ts";
 import { SecretConflictError, SecretNotFoundError } from "../secrets.ts";
@@ -48,6 +50,10 @@ export function statusOf(e: unknown): number {
   if (e instanceof HostAddressError) return 503;
   if (e instanceof URIError) return 400; // a malformed %-escape in the path
   if (e instanceof ContainerdError) return isUnavailable(e) ? 503 : 502;
+  // A cluster's etcd or registry: unreachable is a wait-and-retry (503), anything else a failure upstream (502).
+  if (e instanceof EtcdUnavailableError) return 503;
+  if (e instanceof EtcdError) return 502;
+  if (e instanceof RegistryError) return e.status === undefined ? 503 : 502;
   return 500;
 }
 

@@ -2,7 +2,8 @@
  * `GET /api/list`: every function as `{"<name>": {"ip", "image_ref", "status", ...}}`, the seed's shape with more
  * fields: among them what one request's container gets (`memory_bytes`, `cpus`, `pids`, `timeout_ms`, `rootfs`; 0:
  * no limit), how many ready containers the pool keeps for it (`min_ready`, `max_ready`) and has now (`ready`), and
- * `settings`, what was set for the function (the rest follows the daemon's flags).
+ * `settings`, what was set for the function (the rest follows the daemon's flags); in a cluster, `hosts`: which host
+ * serves which image digest.
  *
  * @module
  */
@@ -21,12 +22,20 @@ export interface PoolState {
   status(name: string): string | null;
 }
 
+/** In a cluster: which hosts serve a function, and which image each serves. */
+export type Placements = (name: string) => Array<{ host: string; digest: string; since: string }>;
+
 /**
  * A function as the list shows it (also the answer of `PATCH /api/functions/<name>`).
  *
  * @param pool the server's view of the pool; without one, `ready` is 0 and `status` the registry's.
  */
-export function functionEntry(f: FunctionRecord, limits: DaemonLimits, pool?: PoolState): Record<string, unknown> {
+export function functionEntry(
+  f: FunctionRecord,
+  limits: DaemonLimits,
+  pool?: PoolState,
+  placements?: Placements,
+): Record<string, unknown> {
   const effective = effectiveLimits(f.settings, limits);
   const sizing = poolSizing(f.settings, limits);
   return {
@@ -45,14 +54,17 @@ export function functionEntry(f: FunctionRecord, limits: DaemonLimits, pool?: Po
     max_ready: sizing.maxReady,
     ready: pool?.ready(f.name) ?? 0,
     settings: settingsJson(f.settings),
+    ...(placements ? { hosts: placements(f.name) } : {}),
   };
 }
 
 /** Builds the handler. */
-export function listFunctions(deps: { functions: Functions; limits: DaemonLimits; pool?: PoolState }) {
+export function listFunctions(
+  deps: { functions: Functions; limits: DaemonLimits; pool?: PoolState; placements?: Placements },
+) {
   return (_req: Request): Promise<Response> => {
     const body: Record<string, unknown> = {};
-    for (const f of deps.functions.list()) body[f.name] = functionEntry(f, deps.limits, deps.pool);
+    for (const f of deps.functions.list()) body[f.name] = functionEntry(f, deps.limits, deps.pool, deps.placements);
     return Promise.resolve(json(body));
   };
 }

@@ -14,7 +14,7 @@ import { deleteFunction } from "./delete.ts";
 import { healthz } from "./healthz.ts";
 import { errorResponse, HttpError, json } from "./http.ts";
 import { functionIp } from "./ip.ts";
-import { listFunctions, type PoolState } from "./list.ts";
+import { listFunctions, type Placements, type PoolState } from "./list.ts";
 import { functionLogs } from "./logs.ts";
 import { metricsEndpoint } from "./metrics.ts";
 import { newFunction } from "./new.ts";
@@ -35,6 +35,8 @@ export interface ApiDeps {
   limits: DaemonLimits;
   /** The server's view of each function's pool (`ready`, and a status such as `failing`); absent: 0 ready. */
   pool?: PoolState;
+  /** In a cluster: which hosts serve each function (shown by the list as `hosts`). */
+  placements?: Placements;
   logPath: (name: string) => string;
   probe: () => Promise<Record<string, unknown>>;
   /** Aborts when the daemon stops: long answers (`logs -f`) end then. */
