@@ -10,7 +10,7 @@ import { assert, assertEquals } from "./assert.ts";
 import { curl } from "./curl.ts";
 import { buildHandlerImage } from "./harness/images.ts";
 import { waitUntil } from "./harness/wait.ts";
-import { Cluster } from "./harness/faasd_cluster.ts";
+import { Cluster, run } from "./harness/faasd_cluster.ts";
 
 /** Sends `n` requests through the router, `parallel` at a time; returns how many were answered 200 "hello". */
 async function hit(ip: string, n: number, parallel = 4): Promise<number> {
@@ -105,6 +105,35 @@ Deno.test({
     assert(await waitUntil(async () => (await cluster.nextHops(ip)).length === 3, 30_000));
   });
 
+  await t.step("host 2's containerd killed: host 2 withdraws until containerd answers again", async () => {
+    await cluster.kill(2, "containerd");
+    assert(
+      await waitUntil(async () => !(await cluster.nextHops(ip)).includes(cluster.hop(2)), 30_000),
+      "host 2 still announces while its containerd is gone",
+    );
+    assertEquals(await hit(ip, 10), 10);
+    await cluster.sh("up", "3"); // starts what is missing: host 2's containerd
+    assert(
+      await waitUntil(async () => (await cluster.nextHops(ip)).includes(cluster.hop(2)), 30_000),
+      "host 2 did not announce again once its containerd was back",
+    );
+  });
+
+  await t.step("host 3's faasd killed with SIGKILL: its BIRD goes with it; restarted, it serves again", async () => {
+    await cluster.kill(3, "faasd");
+    assert(
+      await waitUntil(async () => !(await cluster.nextHops(ip)).includes(cluster.hop(3)), 30_000),
+      "the router still routes to host 3 after its faasd was killed",
+    );
+    assertEquals(await hit(ip, 10), 10);
+    await cluster.sh("up", "3");
+    assert(
+      await waitUntil(async () => (await cluster.nextHops(ip)).includes(cluster.hop(3)), 60_000),
+      "host 3 did not announce again after its faasd restarted",
+    );
+    assertEquals(await hit(ip, 10), 10);
+  });
+
   await t.step("etcd down: serving goes on, deploys get 503; once it is back, everything converges", async () => {
     await cluster.sh("etcd", "stop");
     try {
@@ -138,5 +167,28 @@ Deno.test({
       }, 60_000),
       "host 1 is still listed as serving after its lease should have expired",
     );
+  });
+
+  await t.step("cluster.sh down leaves no namespace, process, route, mount or cgroup behind", async () => {
+    await cluster.sh("down", "--keep");
+    const netns = await run(["ip", "netns", "list"]);
+    assert(!/faasd-(router|host)/.test(netns), `namespaces left: ${netns}`);
+    const routes = await run(["ip", "route", "show", "198.51.100.0/24"]);
+    assertEquals(routes.trim(), "");
+    const processes = [];
+    for await (const entry of Deno.readDir("/proc")) {
+      if (!/^\d+$/.test(entry.name)) continue;
+      const cmdline = await Deno.readTextFile(`/proc/${entry.name}/cmdline`).catch(() => "");
+      if (cmdline.includes(cluster.dir)) processes.push(cmdline.replaceAll("\0", " "));
+    }
+    assertEquals(processes, []);
+    const mounts = await Deno.readTextFile("/proc/self/mountinfo");
+    assert(!mounts.includes(cluster.dir), "mounts under the cluster dir are left");
+    for (const controller of ["memory", "pids", "cpu", "unified"]) {
+      for (const i of [1, 2, 3]) {
+        const path = `/sys/fs/cgroup/${controller}/faasd-host${i}`;
+        assert(!(await Deno.stat(path).then(() => true, () => false)), `cgroup left: ${path}`);
+      }
+    }
   });
 });

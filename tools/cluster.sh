@@ -35,14 +35,22 @@ ROUTER_NS=faasd-router
 HOST_NS_PREFIX=faasd-host
 BRIDGE=br-faasd
 ROOT_LINK=faasd-cl0 # the root namespace's end of its veth; the router's end is vr0
-NET_PREFIX=${FAASD_CLUSTER_NET:-203.0.113}
-ROUTER_IP=$NET_PREFIX.1
-ROOT_IP=$NET_PREFIX.2
 FUNCTION_POOL=198.51.100.0/24
 ROUTER_AS=64500
 API_PORT=8080
-ETCD_URL=http://$ROUTER_IP:2379
-REGISTRY_URL=http://$ROUTER_IP:5000
+# set_net PREFIX: the cluster network NET.0/24 and the addresses derived from it.
+set_net() {
+  NET_PREFIX=$1
+  ROUTER_IP=$NET_PREFIX.1
+  ROOT_IP=$NET_PREFIX.2
+  ETCD_URL=http://$ROUTER_IP:2379
+  REGISTRY_URL=http://$ROUTER_IP:5000
+}
+# The network: as given, else the one a running cluster in $DIR uses, else 203.0.113 (up falls back to 192.0.2 when the
+# machine routes 203.0.113.0/24 itself).
+NET_GIVEN=${FAASD_CLUSTER_NET:-}
+if [[ -z $NET_GIVEN && -r $DIR/env ]]; then NET_GIVEN=$(sed -n 's/^FAASD_CLUSTER_NET=//p' "$DIR/env"); fi
+set_net "${NET_GIVEN:-203.0.113}"
 MAX_HOSTS=200 # host I is NET.(10+I)
 # BGP timers short enough for tests: a dead peer is noticed within the 3 s hold time, and a session that went down
 # (error) is retried after 1-2 s instead of BIRD's default 60-300 s.
@@ -173,13 +181,20 @@ sysctl_in() { ip netns exec "$1" sysctl -qw "${@:2}" >/dev/null; }
 
 # Refuses to go on when the machine already routes one of the cluster's ranges outside it (an uplink, a VPN): the
 # root namespace's veth and route would shadow those, and probes meant for the router would leave the machine.
+# net_clashes PREFIX: what the machine routes in PREFIX outside the cluster (empty: nothing).
+net_clashes() {
+  { ip -4 route show table all root "$1"; ip -4 route show table all match "$1" | grep -v '^default'; } |
+    grep -Ev "dev $ROOT_LINK( |\$)" || true
+}
+
 check_root_ranges() {
   local prefix clash
+  if [[ -z $NET_GIVEN && -n $(net_clashes "$NET_PREFIX.0/24") && -z $(net_clashes 192.0.2.0/24) ]]; then
+    log "this machine routes $NET_PREFIX.0/24 itself: the cluster network is 192.0.2.0/24"
+    set_net 192.0.2
+  fi
   for prefix in "$NET_PREFIX.0/24" "$FUNCTION_POOL"; do
-    clash=$({
-      ip -4 route show table all root "$prefix"
-      ip -4 route show table all match "$prefix" | grep -v '^default'
-    } | grep -Ev "dev $ROOT_LINK( |\$)" || true)
+    clash=$(net_clashes "$prefix")
     [[ -z $clash ]] || die "this machine already routes $prefix outside the cluster:
 $clash
 set FAASD_CLUSTER_NET to the other documentation /24 (203.0.113 or 192.0.2)"

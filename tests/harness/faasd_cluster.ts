@@ -77,6 +77,15 @@ export class Cluster implements AsyncDisposable {
     return [...text.matchAll(/via (\S+)/g)].map((m) => m[1]!).sort();
   }
 
+  /** Kills one daemon of host `i` with SIGKILL (its pid file is in the cluster dir) and waits until it is gone. */
+  async kill(i: number, daemon: "faasd" | "containerd"): Promise<void> {
+    const pid = Number(await Deno.readTextFile(`${this.dir}/host${i}/${daemon}.pid`));
+    Deno.kill(pid, "SIGKILL");
+    while (await Deno.stat(`/proc/${pid}`).then(() => true, () => false)) {
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+  }
+
   /** Whether host `i` answers `http://ip/` itself (from inside its namespace, not through the router). */
   async answersOn(i: number, ip: string): Promise<boolean> {
     const out = await new Deno.Command("ip", {
