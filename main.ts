@@ -41,7 +41,7 @@ async function main(): Promise<void> {
   const stopped = Promise.withResolvers<string>();
   for (const signal of ["SIGTERM", "SIGINT"] as const) Deno.addSignalListener(signal, () => stopped.resolve(signal));
   const signal = await stopped.promise;
-  log.info(`${signal}: stopping`, { grace_ms: config.shutdownGraceMs, in_flight: platform.server.inflight });
+  log.info(`${signal}: stopping`, { grace_ms: config.shutdownGraceMs, outstanding: platform.server.outstanding });
   // Serving drains (and `logs -f` answers end) while the control API finishes what it is answering.
   await Promise.all([platform.drain(), http.shutdown()]);
   await platform.close();

@@ -96,6 +96,8 @@ export class Functions {
    * @throws {TypeError} for an invalid name.
    * @throws {SettingsError} when the merged settings contradict each other (min_ready above max_ready).
    * @throws {PoolExhaustedError} when the name is new and no address is free (checked before reading the body).
+   * @throws whatever the registry throws when it cannot be written now (in a cluster: EtcdUnavailableError), also
+   *   before the body is read.
    * @throws whatever the image store throws for a bad tarball; nothing is left behind.
    */
   deploy(
@@ -110,6 +112,7 @@ export class Functions {
         const before = registry.get(name);
         mergeSettings(before?.settings ?? {}, settings); // throws for contradicting settings, before the upload is read
         if (!before && !registry.hasFreeIp(pool)) throw new PoolExhaustedError(pool.cidr);
+        await registry.writable?.(); // in a cluster: etcd unreachable fails here, before the upload is read
 
         const image = await traced("image.import", {}, () => images.import(name, body));
         span.setAttribute("image.digest", image.manifestDigest);

@@ -101,6 +101,8 @@ export interface FunctionRegistry {
   updateSettings(name: string, patch: SettingsPatch): FunctionRecord | null | Promise<FunctionRecord | null>;
   restore(record: FunctionRecord): void | Promise<void>;
   remove(name: string): FunctionRecord | null | Promise<FunctionRecord | null>;
+  /** Throws when a write could not be made now (etcd unreachable), so a deploy fails before its upload is read. */
+  writable?(): Promise<void>;
 }
 
 const INSERT = `INSERT INTO functions (name, ip, status, image_ref, image_json, created_at, updated_at, settings_json)

@@ -78,7 +78,7 @@ async function assertNothingLeft(p: TestPlatform, names: string[], how: "scale" 
       : await p.request("DELETE", `/api/functions/${name}`);
     assertEquals(res.status, 200, `${how} ${name}: ${await res.text()}`);
   }
-  assert(await waitUntil(() => p.platform.server.inflight === 0, 30_000), "every container removed");
+  assert(await waitUntil(() => p.platform.server.outstanding === 0, 30_000), "every container removed");
   assertEquals(await leftovers(p.client), NONE);
 }
 

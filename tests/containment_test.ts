@@ -32,8 +32,8 @@ async function probe(base: string, path: string, timeoutS = 30): Promise<string>
 }
 
 async function settled(p: TestPlatform): Promise<void> {
-  for (let i = 0; i < 200 && p.platform.server.inflight > 0; i++) await new Promise((r) => setTimeout(r, 100));
-  assertEquals(p.platform.server.inflight, 0);
+  for (let i = 0; i < 200 && p.platform.server.outstanding > 0; i++) await new Promise((r) => setTimeout(r, 100));
+  assertEquals(p.platform.server.outstanding, 0);
 }
 
 Deno.test("a handed-over socket reaches only its client, and reveals nothing of the host's network", async (t) => {

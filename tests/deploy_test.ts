@@ -266,6 +266,6 @@ Deno.test("a delete that cannot remove the image keeps the function served, and 
   assertEquals(await (await p.request("GET", "/api/list")).json(), {});
   assertEquals(await p.client.listImages(), []);
   // The requests' containers are removed after their clients were answered.
-  for (let i = 0; i < 100 && p.platform.server.inflight > 0; i++) await new Promise((r) => setTimeout(r, 100));
+  for (let i = 0; i < 100 && p.platform.server.outstanding > 0; i++) await new Promise((r) => setTimeout(r, 100));
   assertEquals(await leftovers(p.client), NONE);
 });

@@ -63,7 +63,7 @@ Deno.test("a pooled request is served by a container started before it, and used
   await t.step("scaled to 0, an idle function keeps nothing: no task, container or snapshot", async () => {
     const res = await p.request("PATCH", "/api/functions/marker", { body: JSON.stringify({ min_ready: 0 }) });
     assertEquals(res.status, 200);
-    assert(await waitUntil(() => p.platform.server.inflight === 0), "pool drained");
+    assert(await waitUntil(() => p.platform.server.outstanding === 0), "pool drained");
     assertEquals(await leftovers(p.client), NONE);
   });
 });
@@ -172,7 +172,7 @@ Deno.test("a burst of 200 connections to an idle function is answered 200 every 
   const results = await Promise.all(Array.from({ length: 200 }, () => curl(url, { timeoutS: 120 })));
   const failed = results.filter((r) => r.exit !== 0 || r.status !== 200).map((r) => `${r.exit} ${r.status} ${r.body}`);
   assertEquals(failed, []);
-  assert(await waitUntil(() => p.platform.server.inflight === 0, 30_000), "all removed");
+  assert(await waitUntil(() => p.platform.server.outstanding === 0, 30_000), "all removed");
   assertEquals(await leftovers(p.client), NONE);
 });
 
@@ -205,7 +205,7 @@ Deno.test("containerd restarting while containers start leaves no task, containe
   await ctd.restart();
   const results = await requests;
   assert(results.every((r) => r.exit === 0 && [200, 503].includes(r.status)), results.map((r) => r.status).join());
-  assert(await waitUntil(() => p.platform.server.inflight === 0, 30_000), "everything removed");
+  assert(await waitUntil(() => p.platform.server.outstanding === 0, 30_000), "everything removed");
   assertEquals(await leftovers(p.client), NONE);
   const shims = await new Deno.Command("pgrep", { args: ["-f", `containerd-shim.*-namespace ${p.namespace}`] })
     .output();
@@ -242,7 +242,7 @@ Deno.test("a function's containers share one shim, which goes when the function 
 
   const res = await p.request("PATCH", "/api/functions/hello", { body: JSON.stringify({ min_ready: 0 }) });
   assertEquals(res.status, 200);
-  assert(await waitUntil(() => p.platform.server.inflight === 0), "drained, anchor included");
+  assert(await waitUntil(() => p.platform.server.outstanding === 0), "drained, anchor included");
   assertEquals(await leftovers(p.client), NONE);
   assert(await waitUntil(async () => (await shimPids(p.namespace)).length === 0, 5000), "the shim exited");
 });
@@ -267,7 +267,7 @@ Deno.test("a shared shim killed from outside: its containers are replaced and th
   }
   const res = await p.request("PATCH", "/api/functions/hello", { body: JSON.stringify({ min_ready: 0 }) });
   assertEquals(res.status, 200);
-  assert(await waitUntil(() => p.platform.server.inflight === 0), "drained");
+  assert(await waitUntil(() => p.platform.server.outstanding === 0), "drained");
   assertEquals(await leftovers(p.client), NONE);
 });
 
@@ -296,7 +296,7 @@ Deno.test(`${SOAK_REQUESTS} requests leave no task, container, snapshot, lease, 
   await using p = await startTestPlatform(ctd, { flags: ["--pool-idle", "1s", "--queue-timeout", "120s"] });
   const { url } = await deploy(p, "hello", "hello");
   const idle = async () => {
-    assert(await waitUntil(() => p.platform.server.inflight === 0, 60_000), "everything served and removed");
+    assert(await waitUntil(() => p.platform.server.outstanding === 0, 60_000), "everything served and removed");
     assert(await waitUntil(async () => (await shimPids(p.namespace)).length === 0, 10_000), "no shim left");
   };
   // A few requests first, so that what faasd opens once (connections, the function's log) is in the baseline.

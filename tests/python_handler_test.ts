@@ -13,8 +13,8 @@ import { curl, type CurlResult } from "./curl.ts";
 
 /** Polls until containerd holds nothing from requests (cleanup runs right after the client is answered). */
 async function settled(p: TestPlatform): Promise<void> {
-  for (let i = 0; i < 100 && p.platform.server.inflight > 0; i++) await new Promise((r) => setTimeout(r, 100));
-  assertEquals(p.platform.server.inflight, 0);
+  for (let i = 0; i < 100 && p.platform.server.outstanding > 0; i++) await new Promise((r) => setTimeout(r, 100));
+  assertEquals(p.platform.server.outstanding, 0);
 }
 
 Deno.test("the seed's Python handler is answered in full and ends cleanly", async (t) => {

@@ -29,8 +29,8 @@ async function deployMode(
 
 /** Polls until containerd holds nothing from requests (cleanup runs right after the client is answered). */
 async function settled(p: TestPlatform): Promise<void> {
-  for (let i = 0; i < 100 && p.platform.server.inflight > 0; i++) await new Promise((r) => setTimeout(r, 100));
-  assertEquals(p.platform.server.inflight, 0);
+  for (let i = 0; i < 100 && p.platform.server.outstanding > 0; i++) await new Promise((r) => setTimeout(r, 100));
+  assertEquals(p.platform.server.outstanding, 0);
 }
 
 Deno.test("every connection is served by a fresh container that receives the socket", async (t) => {

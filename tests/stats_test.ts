@@ -104,7 +104,7 @@ Deno.test("stats: requests, latency, CPU and peak memory per request, and an OOM
   });
 
   await t.step("nothing is left", async () => {
-    assert(await waitUntil(() => p.platform.server.inflight === 0), "all containers removed");
+    assert(await waitUntil(() => p.platform.server.outstanding === 0), "all containers removed");
     assertEquals(await leftovers(p.client), NONE);
   });
 });

@@ -76,8 +76,8 @@ async function deploy(p: TestPlatform, name: string, tarball: string, query = ""
 
 /** Polls until no request is being served (its container is removed right after the client is answered). */
 async function settled(p: TestPlatform): Promise<void> {
-  for (let i = 0; i < 100 && p.platform.server.inflight > 0; i++) await new Promise((r) => setTimeout(r, 100));
-  assertEquals(p.platform.server.inflight, 0);
+  for (let i = 0; i < 100 && p.platform.server.outstanding > 0; i++) await new Promise((r) => setTimeout(r, 100));
+  assertEquals(p.platform.server.outstanding, 0);
 }
 
 for (const lang of TEMPLATE_LANGUAGES) {

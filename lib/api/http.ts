@@ -67,5 +67,12 @@ export function errorResponse(e: unknown): Response {
     log.error("containerd refused", { error: message });
     message = withoutHostPaths(message);
   }
+  if (e instanceof EtcdError) {
+    // The operator's log gets etcd's own words and addresses; the client learns what to do.
+    log.error("etcd failed", { error: message });
+    message = e instanceof EtcdUnavailableError
+      ? "the cluster's etcd is unreachable: deploys, changes and deletes wait until it is back (functions still serve)"
+      : "the cluster's etcd refused the change; try again";
+  }
   return json({ error: message }, status);
 }

@@ -252,6 +252,15 @@ export class ClusterRegistry implements FunctionRegistry {
     throw new EtcdError("Txn", Code.Aborted, `deleting ${name} lost ${TXN_ATTEMPTS} races with other hosts in a row`);
   }
 
+  /**
+   * Checks that etcd answers now, so that a deploy fails before its upload is read, not after.
+   *
+   * @throws {EtcdUnavailableError} when it does not.
+   */
+  async writable(): Promise<void> {
+    await this.#etcd.get(FUNCTIONS);
+  }
+
   /** Stops watching; idempotent. */
   async close(): Promise<void> {
     this.#closing.abort();

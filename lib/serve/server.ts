@@ -185,7 +185,7 @@ export class Server {
    * Connections in progress plus containers that still exist (shim group anchors included): 0 once everything is
    * served and removed.
    */
-  get inflight(): number {
+  get outstanding(): number {
     return this.#tasks.size + this.#pools.containers + (this.#shims?.size ?? 0);
   }
 
