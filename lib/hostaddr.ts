@@ -52,7 +52,13 @@ export async function ownAddresses(): Promise<string[]> {
  */
 export async function ensureAddress(address: string): Promise<boolean> {
   if (await isLocal(address)) return false;
-  await ip(["addr", "add", `${address}/32`, "dev", "lo", "label", LABEL]);
+  try {
+    await ip(["addr", "add", `${address}/32`, "dev", "lo", "label", LABEL]);
+  } catch (e) {
+    // Someone added it meanwhile (in a cluster, the converger and a deploy may both ensure a new function's address).
+    if (await isLocal(address)) return false;
+    throw e;
+  }
   return true;
 }
 

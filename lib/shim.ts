@@ -1,6 +1,7 @@
 /**
  * Which containerd shim runs request containers. faasd's own (shim/faasd-shim.c, built by tools/setup.sh) is the runc
- * v2 shim minus a clean-up call containerd 1.6 makes after every task delete for nothing; without it, the runc v2
+ * v2 shim minus two Go program starts per container: it answers containerd 1.6's `start` for a task joining a running
+ * group shim, and the clean-up call containerd makes after every task delete for nothing; without it, the runc v2
  * shim itself.
  *
  * @module

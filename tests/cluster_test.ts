@@ -59,6 +59,26 @@ Deno.test({
     assert(one > 0 && two > 0, `requests per host: ${one} and ${two}`);
   });
 
+  await t.step(
+    "a redeploy on host 2 reaches host 1: each host serves the new image once it has pulled it",
+    async () => {
+      const res = await cluster.deploy(2, "hello", other);
+      assertEquals(res.status, 200, await res.clone().text());
+      const fresh = (await cluster.list(2)).hello!.digest;
+      assert(fresh !== digest, "the redeploy did not change the digest");
+      assert(
+        await waitUntil(async () => {
+          const f = (await cluster.list(1)).hello;
+          return f?.hosts.length === 2 && f.hosts.every((h) => h.digest === fresh);
+        }, 60_000),
+        "host 1 did not move to the new image",
+      );
+      assert(await waitUntil(async () => (await cluster.nextHops(ip)).length === 2, 30_000));
+      assertEquals(await hit(ip, 10), 10);
+      digest = fresh;
+    },
+  );
+
   await t.step("two deploys at once on two hosts never share an address", async () => {
     const names = ["a1", "a2", "a3", "b1", "b2", "b3"];
     const answers = await Promise.all(names.map((name, i) => cluster.deploy(1 + (i % 2), name, other)));
