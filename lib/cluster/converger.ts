@@ -18,6 +18,8 @@ import type { Membership } from "./membership.ts";
 
 /** How long a failed pull waits before the next round tries again. */
 const RETRY_MS = 2000;
+/** How long a starting host keeps trying to pull every image before it announces what it has. */
+const START_PULL_DEADLINE_MS = 60_000;
 
 /** Where this host's images come from. */
 export interface ClusterImages {
@@ -61,6 +63,10 @@ export class Converger {
   /** Nothing is announced until the first round pulled every image. */
   #announcing = false;
   #closed = false;
+  /** Whether the last round left a function unserved (its pull failed). */
+  #failed = false;
+  /** Set once start() is done: from then on a failed round schedules its own retry. */
+  #started = false;
   #unsubscribe: (() => void) | null = null;
 
   constructor(deps: ConvergerDeps) {
@@ -85,7 +91,16 @@ export class Converger {
   /** Serves what the registry holds (pulling first), then announces it, and follows every later change. */
   async start(): Promise<void> {
     this.#unsubscribe = this.#deps.registry.onChange(() => this.#schedule());
+    // Pulls that fail (the registry down) are tried again for a while before the host announces the rest anyway: a
+    // host that cannot get one image still serves the others.
+    const deadline = Date.now() + START_PULL_DEADLINE_MS;
     await this.#schedule();
+    while (this.#failed && !this.#closed && Date.now() < deadline) {
+      await new Promise((resolve) => setTimeout(resolve, RETRY_MS));
+      await this.#schedule();
+    }
+    if (this.#failed) log.warn("announcing without every image: some pulls keep failing (tried again every 2 s)");
+    this.#started = true;
     this.#announcing = true;
     await this.#announce();
   }
@@ -199,7 +214,8 @@ export class Converger {
         log.error("cannot serve a function of the cluster yet", { function: record.name, error: errorText(e) });
       }
     }
-    if (failed && !this.#closed) {
+    this.#failed = failed;
+    if (failed && !this.#closed && this.#started) {
       clearTimeout(this.#retry);
       this.#retry = setTimeout(() => void this.#schedule(), RETRY_MS);
     }
