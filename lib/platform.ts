@@ -211,6 +211,7 @@ export async function startPlatform(config: DaemonConfig, log: (message: string)
         localImages: images,
         server,
         addresses,
+        secrets,
         stateDir,
         api: `http://${config.api.hostname}:${config.api.port}`,
         maxImageBytes: config.maxImageBytes,

@@ -37,11 +37,19 @@ export interface SecretInfo {
   createdAt: string;
 }
 
+/** Where secrets are shared with other hosts (a cluster's etcd); creates and deletes go there first. */
+export interface SecretReplica {
+  /** @throws {SecretConflictError} when the secret exists already. */
+  create(name: string, value: Uint8Array): Promise<void>;
+  delete(name: string): Promise<void>;
+}
+
 /** The secrets of one faasd. */
 export class Secrets {
   readonly dir: string;
   /** Secrets named by deploys and changes in progress (not registered yet), with how many hold each. */
   readonly #held = new Map<string, number>();
+  #replica: SecretReplica | null = null;
 
   private constructor(dir: string) {
     this.dir = dir;
@@ -55,6 +63,30 @@ export class Secrets {
     // A write that a crash cut short leaves a temporary file: never a secret.
     for (const e of Deno.readDirSync(dir)) if (e.name.startsWith(".")) Deno.removeSync(`${dir}/${e.name}`);
     return new Secrets(dir);
+  }
+
+  /**
+   * Shares this host's secrets through `replica` (cluster mode): create and delete go to it first, and
+   * {@linkcode sync} brings in what other hosts created and deleted.
+   */
+  share(replica: SecretReplica): void {
+    this.#replica = replica;
+  }
+
+  /**
+   * Makes the local files what `wanted` holds (name → value), as the cluster's copy says: writes the missing or
+   * changed ones, removes the others. Invalid names are skipped.
+   */
+  async sync(wanted: ReadonlyMap<string, Uint8Array>): Promise<void> {
+    for (const [name, value] of wanted) {
+      if (!isValidSecretName(name)) continue;
+      const current = await Deno.readFile(this.path(name)).catch(() => null);
+      if (current && current.length === value.length && current.every((b, i) => b === value[i])) continue;
+      await this.#write(name, value, true);
+    }
+    for (const { name } of this.list()) {
+      if (!wanted.has(name)) await Deno.remove(this.path(name)).catch(() => {});
+    }
   }
 
   /** Host path of secret `name` (bind-mounted into containers). */
@@ -122,7 +154,8 @@ export class Secrets {
    * Stores a new secret.
    *
    * @throws {TypeError} for an invalid name, an empty value, or one over {@linkcode MAX_SECRET_BYTES}.
-   * @throws {SecretConflictError} when it exists already.
+   * @throws {SecretConflictError} when it exists already (in a cluster: on any host).
+   * @throws whatever the replica throws (in a cluster: `EtcdUnavailableError`); nothing is written then.
    */
   async create(name: string, value: Uint8Array): Promise<void> {
     if (!isValidSecretName(name)) {
@@ -136,10 +169,23 @@ export class Secrets {
       throw new TypeError(`secret of ${value.length} bytes is over the limit of ${MAX_SECRET_BYTES} bytes`);
     }
     if (this.has(name)) throw new SecretConflictError(`secret ${JSON.stringify(name)} exists already`);
+    if (this.#replica) {
+      // The cluster's copy decides whether the name is free; this host's file follows it.
+      await this.#replica.create(name, value);
+      await this.#write(name, value, true);
+    } else await this.#write(name, value, false);
+  }
+
+  /** Writes secret `name` through a temporary file: replacing one, or (`replace` false) only where none exists. */
+  async #write(name: string, value: Uint8Array, replace: boolean): Promise<void> {
     const tmp = `${this.dir}/.${name}.${crypto.randomUUID()}`;
     try {
       await Deno.writeFile(tmp, value, { mode: 0o444, createNew: true });
       await Deno.chmod(tmp, 0o444);
+      if (replace) {
+        await Deno.rename(tmp, this.path(name));
+        return;
+      }
       // link() fails if the name was taken meanwhile, where rename() would replace it.
       await Deno.link(tmp, this.path(name)).catch((e) => {
         if (e instanceof Deno.errors.AlreadyExists) {
@@ -157,6 +203,7 @@ export class Secrets {
    *
    * @throws {SecretNotFoundError} when it does not exist.
    * @throws {SecretConflictError} when functions use it (they are named).
+   * @throws whatever the replica throws (in a cluster: `EtcdUnavailableError`); nothing is deleted then.
    */
   async delete(name: string, usedBy: readonly string[]): Promise<void> {
     if (!this.has(name)) throw new SecretNotFoundError(name, `secret ${JSON.stringify(name)} does not exist`);
@@ -168,6 +215,9 @@ export class Secrets {
         `secret ${JSON.stringify(name)} is used by ${usedBy.join(", ")}: deploy them without it first`,
       );
     }
-    await Deno.remove(this.path(name));
+    await this.#replica?.delete(name);
+    await Deno.remove(this.path(name)).catch((e) => {
+      if (!(e instanceof Deno.errors.NotFound)) throw e; // a sync removed it meanwhile
+    });
   }
 }

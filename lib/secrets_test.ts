@@ -86,3 +86,39 @@ Deno.test("Secrets.hold() keeps a secret a deploy in progress names from being d
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("Secrets.share() sends creates and deletes to the replica first; sync() mirrors the cluster's copy", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const secrets = Secrets.open(dir);
+    const shared = new Map<string, Uint8Array>();
+    secrets.share({
+      create: (name, value) => {
+        if (shared.has(name)) return Promise.reject(new SecretConflictError(`${name} exists`));
+        shared.set(name, value);
+        return Promise.resolve();
+      },
+      delete: (name) => (shared.delete(name), Promise.resolve()),
+    });
+    await secrets.create("a", new TextEncoder().encode("one"));
+    assertEquals(new TextDecoder().decode(shared.get("a")), "one");
+    // Created on another host: refused here although this host has no file of it.
+    shared.set("b", new TextEncoder().encode("two"));
+    await assertRejects(() => secrets.create("b", new TextEncoder().encode("x")), SecretConflictError);
+    assertEquals(secrets.has("b"), false);
+    // sync() writes what the cluster has, replaces what changed, removes what is gone.
+    shared.set("a", new TextEncoder().encode("changed"));
+    await secrets.sync(shared);
+    assertEquals(await Deno.readTextFile(secrets.path("b")), "two");
+    assertEquals(await Deno.readTextFile(secrets.path("a")), "changed");
+    assertEquals((await Deno.stat(secrets.path("a"))).mode! & 0o777, 0o444);
+    await secrets.delete("a", []);
+    assertEquals(shared.has("a"), false);
+    assertEquals(secrets.has("a"), false);
+    shared.delete("b");
+    await secrets.sync(shared);
+    assertEquals(secrets.list(), []);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -104,6 +104,31 @@ Deno.test({
     assertEquals(Object.keys(gone).sort(), ["b3", "hello"]);
   });
 
+  await t.step("a secret created on one host is there on every host, for deploys anywhere", async () => {
+    const created = await cluster.request(2, "POST", "/api/secrets/token", { body: "s3cret" });
+    assertEquals(created.status, 201, await created.clone().text());
+    assert(
+      await waitUntil(async () => (await (await cluster.request(1, "GET", "/api/secrets")).json()).length === 1),
+      "host 1 does not list the secret",
+    );
+    assertEquals((await cluster.request(1, "POST", "/api/secrets/token", { body: "other" })).status, 409);
+    const res = await cluster.request(1, "POST", "/api/new?secret=token", {
+      headers: { "x-image-name": "withsecret" },
+      body: await Deno.readFile(hello),
+    });
+    assertEquals(res.status, 201, await res.clone().text());
+    assertEquals((await cluster.request(2, "DELETE", "/api/secrets/token")).status, 409); // in use
+    assertEquals((await cluster.request(2, "DELETE", "/api/functions/withsecret")).status, 200);
+    assert(
+      await waitUntil(async () => (await cluster.request(1, "DELETE", "/api/secrets/token")).status === 200),
+      "the secret could not be deleted once unused",
+    );
+    assert(
+      await waitUntil(async () => (await (await cluster.request(2, "GET", "/api/secrets")).json()).length === 0),
+      "host 2 still lists the deleted secret",
+    );
+  });
+
   await t.step("a host added later pulls every image before it announces anything", async () => {
     await cluster.sh("add");
     // Whenever host 3 shows up as a next hop, it must already serve every function.

@@ -22,6 +22,8 @@ import { ClusterRegistry } from "./cluster_registry.ts";
 import { Converger } from "./converger.ts";
 import { Etcd } from "./etcd.ts";
 import { Membership } from "./membership.ts";
+import { shareSecrets } from "./cluster_secrets.ts";
+import type { Secrets } from "../secrets.ts";
 
 /** How often containerd is asked whether it answers, to withdraw this host's routes while it does not. */
 const HEALTH_MS = 1000;
@@ -34,6 +36,8 @@ export interface ClusterModeDeps {
   /** This host's server. */
   server: Serving;
   addresses: Addresses;
+  /** This host's secrets: shared through etcd in a cluster. */
+  secrets: Secrets;
   stateDir: string;
   /** This host's control API as other hosts and operators reach it, e.g. `http://192.0.2.11:8080`. */
   api: string;
@@ -85,6 +89,7 @@ export async function openClusterMode(config: ClusterConfig, deps: ClusterModeDe
     snapshotter: deps.snapshotter,
     mountDir: deps.mountDir,
   });
+  const unshare = shareSecrets(etcd, registry, deps.secrets);
   const converger = new Converger({
     registry,
     membership,
@@ -123,6 +128,7 @@ export async function openClusterMode(config: ClusterConfig, deps: ClusterModeDe
     close: () =>
       closing ??= (async () => {
         clearInterval(health);
+        unshare();
         await converger.close();
         await bird?.close().catch(() => {});
         await member.close();

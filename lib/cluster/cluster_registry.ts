@@ -8,7 +8,8 @@
  * - `functions/<name>`: the function's record (JSON, the same {@linkcode FunctionRecord} a single host keeps);
  * - `ips/<ip>`: the name holding the address; created in the same transaction as a new function's record;
  * - `hosts/<host>` and `serving/<name>/<host>`: written by each host under its lease (membership.ts); this copy
- *   reads them to say which host serves which image.
+ *   reads them to say which host serves which image;
+ * - `secrets/<name>`: the secrets every host mounts (cluster_secrets.ts).
  *
  * @module
  */
@@ -36,6 +37,8 @@ const IPS = `${PREFIX}ips/`;
 export const HOSTS = `${PREFIX}hosts/`;
 /** `serving/<name>/<host>`: what a host serves of a function, under the host's lease. */
 export const SERVING = `${PREFIX}serving/`;
+/** `secrets/<name>`: a secret's value, base64, written by the host that created it (cluster_secrets.ts). */
+export const SECRETS = `${PREFIX}secrets/`;
 
 /** A host of the cluster, as it announced itself. */
 export interface HostInfo {
@@ -70,6 +73,8 @@ export class ClusterRegistry implements FunctionRegistry {
   /** name → host → placement. */
   readonly #serving = new Map<string, Map<string, Placement>>();
   readonly #hosts = new Map<string, HostInfo>();
+  /** Secret name → value (base64). */
+  readonly #secrets = new Map<string, string>();
   /** Revision of the last key deleted by this host's own writes, per key: older watch events for it are stale. */
   readonly #deletedAt = new Map<string, number>();
   readonly #listeners = new Set<() => void>();
@@ -111,6 +116,11 @@ export class ClusterRegistry implements FunctionRegistry {
   /** The hosts that serve function `name`, and which image each serves. */
   placements(name: string): Placement[] {
     return [...this.#serving.get(name)?.values() ?? []].sort((a, b) => a.host < b.host ? -1 : 1);
+  }
+
+  /** The cluster's secrets: name → value (base64). */
+  secrets(): ReadonlyMap<string, string> {
+    return this.#secrets;
   }
 
   /** The member hosts. */
@@ -306,6 +316,7 @@ export class ClusterRegistry implements FunctionRegistry {
     this.#functions.clear();
     this.#serving.clear();
     this.#hosts.clear();
+    this.#secrets.clear();
     this.#deletedAt.clear();
     for (const kv of kvs) this.#apply({ type: "put", kv, revision: kv.modRevision });
     this.#revision = revision;
@@ -353,6 +364,10 @@ export class ClusterRegistry implements FunctionRegistry {
       else hosts.set(host, { ...parse<Omit<Placement, "host">>(event.kv), host });
       if (hosts.size) this.#serving.set(name, hosts);
       else this.#serving.delete(name);
+    } else if (key.startsWith(SECRETS)) {
+      const name = key.slice(SECRETS.length);
+      if (event.type === "delete") this.#secrets.delete(name);
+      else this.#secrets.set(name, event.kv.value);
     } else if (key.startsWith(HOSTS)) {
       const host = key.slice(HOSTS.length);
       if (event.type === "delete") this.#hosts.delete(host);
