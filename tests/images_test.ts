@@ -6,7 +6,7 @@
 import zlib from "node:zlib";
 import tar from "tar-stream";
 import { assert, assertEquals, assertMatch, assertRejects, assertStringIncludes } from "./assert.ts";
-import { startContainerd, testNamespace } from "./harness/containerd.ts";
+import { EMPTY_NAMESPACE, namespaceContents, startContainerd, testNamespace } from "./harness/containerd.ts";
 import { buildHandlerImage, buildPaddedImage } from "./harness/images.ts";
 import type { Containerd } from "../lib/containerd/client.ts";
 import {
@@ -113,18 +113,8 @@ function replaceManifest(files: TarFile[], manifest: unknown): TarFile[] {
 
 // --- containerd state helpers ---
 
-/** Everything of the namespace an import could leave behind. */
-async function leftovers(c: Containerd) {
-  return {
-    images: (await c.listImages()).map((i) => i.name),
-    leases: (await c.listLeases()).map((l) => l.id),
-    ingests: (await c.listIngests()).map((i) => i.ref),
-    content: (await c.listContent()).map((i) => i.digest),
-    snapshots: (await c.listSnapshots("overlayfs")).map((s) => s.name),
-  };
-}
-
-const NOTHING = { images: [], leases: [], ingests: [], content: [], snapshots: [] };
+const leftovers = namespaceContents;
+const NOTHING = EMPTY_NAMESPACE;
 
 async function withClient(fn: (c: Containerd) => Promise<void>): Promise<void> {
   using c = ctd.client(testNamespace());

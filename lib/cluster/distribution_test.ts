@@ -4,7 +4,12 @@
  */
 
 import { assert, assertEquals, assertMatch, assertRejects } from "../../tests/assert.ts";
-import { type ContainerdInstance, startContainerd } from "../../tests/harness/containerd.ts";
+import {
+  type ContainerdInstance,
+  EMPTY_NAMESPACE,
+  namespaceContents,
+  startContainerd,
+} from "../../tests/harness/containerd.ts";
 import { buildHandlerImage, buildPaddedImage } from "../../tests/harness/images.ts";
 import { type RegistryInstance, type RegistryRequest, startRegistry } from "../../tests/harness/registry.ts";
 import { type Containerd, ContainerdError } from "../containerd/client.ts";
@@ -109,18 +114,8 @@ async function blobsOf(c: Containerd, manifestDigest: string): Promise<{ config:
   return { config: manifest.config.digest, layers: manifest.layers.map((l: { digest: string }) => l.digest) };
 }
 
-/** Everything of the namespace a pull could leave behind. */
-async function leftovers(c: Containerd) {
-  return {
-    images: (await c.listImages()).map((i) => i.name),
-    leases: (await c.listLeases()).map((l) => l.id),
-    ingests: (await c.listIngests()).map((i) => i.ref),
-    content: (await c.listContent()).map((i) => i.digest),
-    snapshots: (await c.listSnapshots("overlayfs")).map((s) => s.name),
-  };
-}
-
-const NOTHING = { images: [], leases: [], ingests: [], content: [], snapshots: [] };
+const leftovers = namespaceContents;
+const NOTHING = EMPTY_NAMESPACE;
 
 /** The requests the registry logged after the first `since` ones. */
 async function requestsSince(registry: RegistryInstance, since: number): Promise<RegistryRequest[]> {

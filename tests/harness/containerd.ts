@@ -275,3 +275,23 @@ function mountsUnder(dir: string): string[] {
   }
   return points.sort((a, b) => b.length - a.length);
 }
+
+/** Everything of a namespace that an import or a pull could leave behind, by name. */
+export async function namespaceContents(c: Containerd): Promise<Record<string, string[]>> {
+  return {
+    images: (await c.listImages()).map((i) => i.name),
+    leases: (await c.listLeases()).map((l) => l.id),
+    ingests: (await c.listIngests()).map((i) => i.ref),
+    content: (await c.listContent()).map((i) => i.digest),
+    snapshots: (await c.listSnapshots("overlayfs")).map((s) => s.name),
+  };
+}
+
+/** {@linkcode namespaceContents} of an untouched namespace. */
+export const EMPTY_NAMESPACE: Record<string, string[]> = {
+  images: [],
+  leases: [],
+  ingests: [],
+  content: [],
+  snapshots: [],
+};
