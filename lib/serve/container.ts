@@ -14,7 +14,7 @@
 import { errorText, log } from "../log.ts";
 import type { Containerd } from "../containerd/client.ts";
 import { answers, untilContainerdAnswers } from "../containerd/availability.ts";
-import { isNotFound } from "../containerd/errors.ts";
+import { isAlreadyExists, isNotFound } from "../containerd/errors.ts";
 import type { ExitStatus, Mount } from "../containerd/types.ts";
 import type { Poller } from "../../ffi/epoll.ts";
 import { type UnixConn, UnixListener } from "../../ffi/socket.ts";
@@ -218,7 +218,9 @@ export class RequestContainer {
         runtime: { name: this.#deps.shim, binaryName: runtime },
       }, { lease }),
     ]);
-    this.#created = created.status === "fulfilled";
+    // A create that failed with the connection (containerd dying mid-call) may still have made the record: removal
+    // then tries the delete anyway (NotFound counts as done). Only an id taken by someone else is surely not ours.
+    this.#created = created.status === "fulfilled" || !isAlreadyExists(created.reason);
     for (const r of [prepared, created]) if (r.status === "rejected") throw r.reason;
     const rootfs = (prepared as PromiseFulfilledResult<Mount[]>).value;
     // Output goes through a FIFO faasd reads, so the log's cap holds while the container writes (logs.ts).
