@@ -17,6 +17,10 @@ export interface DaemonConfig {
   port: number;
   containerd: string;
   namespace: string;
+  /**
+   * `--runtime`: the OCI runtime binary the runc v2 shim runs: `auto` (faasd's front for runc, shim/faasd-runc.c, when
+   * built; else runc), or a name on PATH or a path (runc, crun…).
+   */
   runtime: string;
   /**
    * `--shim`: containerd's runtime for request containers: `auto` (faasd's shim wrapper, shim/faasd-shim.c, when
@@ -118,7 +122,12 @@ export const FLAGS = {
   "port": { env: "FAASD_PORT", default: "80", help: "port every function listens on" },
   "containerd": { env: "FAASD_CONTAINERD", default: "/run/containerd/containerd.sock", help: "containerd socket" },
   "namespace": { env: "FAASD_NAMESPACE", default: "faasd", help: "containerd namespace" },
-  "runtime": { env: "FAASD_RUNTIME", default: "runc", help: "OCI runtime binary for the runc v2 shim (runc, crun…)" },
+  "runtime": {
+    env: "FAASD_RUNTIME",
+    default: "auto",
+    help: "OCI runtime binary of the runc v2 shim: auto (faasd-runc when built, else runc), or a name or path (runc, " +
+      "crun…)",
+  },
   "shim": {
     env: "FAASD_SHIM",
     default: "auto",

@@ -11,7 +11,7 @@ Deno.test("parseDaemonConfig() uses the documented defaults", () => {
   assertEquals(c.containerd, "/run/containerd/containerd.sock");
   assertEquals(c.namespace, "faasd");
   assertEquals(c.connectTimeoutMs, 5000);
-  assertEquals(c.runtime, "runc");
+  assertEquals(c.runtime, "auto");
   assertEquals(c.apiToken, null);
   assertEquals(c.limits, {
     memoryBytes: 512 * 1024 ** 2,

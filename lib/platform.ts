@@ -23,7 +23,7 @@ import { socketDir } from "./serve/container.ts";
 import { reapLeftovers } from "./serve/reap.ts";
 import { CAPABILITIES, hasSwapAccounting } from "./serve/spec.ts";
 import { loadSeccompProfile } from "./seccomp.ts";
-import { resolveShim, RUNC_V2 } from "./shim.ts";
+import { resolveRuntime, resolveShim, RUNC, RUNC_V2 } from "./shim.ts";
 import { resolveAdapter } from "./adapter.ts";
 import { Secrets } from "./secrets.ts";
 import { GUARD_MARK, SocketGuard } from "./serve/socket_guard.ts";
@@ -128,7 +128,11 @@ export async function startPlatform(config: DaemonConfig, log: (message: string)
     const unbuilt = config.shim === "auto" && shim === RUNC_V2
       ? " (faasd-shim is not built: tools/setup.sh builds it)"
       : "";
-    log(`containers run under the shim ${shim}${unbuilt}`);
+    const runtime = await resolveRuntime(config.runtime);
+    const unbuiltRuntime = config.runtime === "auto" && runtime === RUNC
+      ? " (faasd-runc is not built: tools/setup.sh builds it)"
+      : "";
+    log(`containers run under the shim ${shim}${unbuilt}, with the OCI runtime ${runtime}${unbuiltRuntime}`);
     const adapter = await resolveAdapter(config.adapter);
     if (!adapter) {
       log(
@@ -152,7 +156,7 @@ export async function startPlatform(config: DaemonConfig, log: (message: string)
       poller,
       stateDir,
       snapshotter: config.snapshotter,
-      runtime: config.runtime,
+      runtime,
       shim,
       logs,
       limits,

@@ -2,7 +2,8 @@
  * Which containerd shim runs request containers. faasd's own (shim/faasd-shim.c, built by tools/setup.sh) is the runc
  * v2 shim minus two Go program starts per container: it answers containerd 1.6's `start` for a task joining a running
  * group shim, and the clean-up call containerd makes after every task delete for nothing; without it, the runc v2
- * shim itself.
+ * shim itself. Likewise the OCI runtime the shim runs: faasd's front for runc (shim/faasd-runc.c) answers `runc start`
+ * and the `runc delete` of a stopped container itself, and is runc for everything else.
  *
  * @module
  */
@@ -26,4 +27,20 @@ export async function resolveShim(option: string, built: string = BUILT_SHIM): P
   if (executable) return path;
   if (option === "auto") return RUNC_V2;
   throw new Deno.errors.NotFound(`--shim ${option}: no executable file there`);
+}
+
+/** The OCI runtime binary faasd's front stands in for. */
+export const RUNC = "runc";
+
+/** Where tools/setup.sh builds faasd's front for runc. */
+export const BUILT_RUNTIME: string = new URL("../.tools/bin/faasd-runc", import.meta.url).pathname;
+
+/**
+ * The OCI runtime binary for `--runtime`: `auto` (faasd's front for runc when built, else runc), or the name or path
+ * given, as it is (the runc v2 shim looks a name up on its PATH).
+ */
+export async function resolveRuntime(option: string, built: string = BUILT_RUNTIME): Promise<string> {
+  if (option !== "auto") return option;
+  const executable = await Deno.stat(built).then((s) => s.isFile && ((s.mode ?? 0) & 0o111) !== 0, () => false);
+  return executable ? built : RUNC;
 }

@@ -94,7 +94,7 @@ Deno.test("install.sh installs faasd as a service, reinstalls without touching s
     ) {
       assert(await exists(`${prefix}/${file}`), `${file} installed`);
     }
-    for (const program of ["faasd-shim", "faasd-adapter"]) {
+    for (const program of ["faasd-shim", "faasd-runc", "faasd-adapter"]) {
       const mode = (await Deno.stat(`${prefix}/.tools/bin/${program}`)).mode ?? 0;
       assert(mode & 0o111, `${program} built, executable`);
     }

@@ -7,12 +7,12 @@
  * the file that `DENORT_BIN` names. Where neither works (as here), the task says so in one line and exits 1;
  * `tools/install.sh` runs faasd with the Deno it installs instead.
  *
- * A compiled faasd is not yet a whole faasd. Its C helpers, `.tools/bin/faasd-shim` and `.tools/bin/faasd-adapter`
+ * A compiled faasd is not yet a whole faasd. Its C helpers, `.tools/bin/faasd-shim`, `faasd-runc` and `faasd-adapter`
  * (built by `deno task gen`), are found beside the code through `import.meta.url` (lib/shim.ts, lib/adapter.ts), which
  * in a compiled binary points into the binary's own file system: they are not there, and containerd could not run
  * them from there if they were. So the compiled daemon is given their paths: `--shim /path/to/faasd-shim` (else it
- * uses the runc v2 shim) and `--adapter /path/to/faasd-adapter` (else adapter mode, `--http-port`, is refused). The
- * compiled `faas` needs nothing beside it.
+ * uses the runc v2 shim), `--runtime /path/to/faasd-runc` (else runc) and `--adapter /path/to/faasd-adapter` (else
+ * adapter mode, `--http-port`, is refused). The compiled `faas` needs nothing beside it.
  *
  * @module
  */
@@ -42,8 +42,9 @@ export const TARGETS: readonly Target[] = [
 
 /** What the compiled binaries lack, said after a build. */
 export const LIMITS =
-  "dist/faasd finds no faasd-shim or faasd-adapter inside itself: run it with --shim /path/to/.tools/bin/faasd-shim " +
-  "(else it uses the runc v2 shim) and --adapter /path/to/.tools/bin/faasd-adapter (else --http-port is refused)";
+  "dist/faasd finds no faasd-shim, faasd-runc or faasd-adapter inside itself: run it with --shim " +
+  "/path/to/.tools/bin/faasd-shim (else it uses the runc v2 shim), --runtime /path/to/.tools/bin/faasd-runc (else " +
+  "runc) and --adapter /path/to/.tools/bin/faasd-adapter (else --http-port is refused)";
 
 /** The arguments of `deno` that build `target` into `dist/`. */
 export function compileArgs(target: Target): string[] {

@@ -1,6 +1,7 @@
 /**
  * `deno task gen`: generates the containerd and etcd v3 client code into `proto/gen/`, and builds faasd's shim
- * (`shim/faasd-shim.c`) and adapter (`adapter/faasd-adapter.c`) with gcc, static, into `.tools/bin/`.
+ * (`shim/faasd-shim.c`), runc front (`shim/faasd-runc.c`) and adapter (`adapter/faasd-adapter.c`) with gcc, static,
+ * into `.tools/bin/`.
  *
  * No `.proto` file is kept in this repository: they are staged from Debian's packages, then compiled together by buf
  * with protoc-gen-es:
@@ -162,9 +163,14 @@ async function main(): Promise<void> {
   }
 }
 
-/** Builds faasd's static C programs (its shim and its adapter), each unless its binary is newer than its source. */
+/** Builds faasd's static C programs (its shim, its runc front and its adapter), each unless its binary is newer than its source. */
 async function buildPrograms(): Promise<void> {
-  for (const [source, name] of [["shim/faasd-shim.c", "faasd-shim"], ["adapter/faasd-adapter.c", "faasd-adapter"]]) {
+  const programs = [
+    ["shim/faasd-shim.c", "faasd-shim"],
+    ["shim/faasd-runc.c", "faasd-runc"],
+    ["adapter/faasd-adapter.c", "faasd-adapter"],
+  ];
+  for (const [source, name] of programs) {
     const binary = `${root}.tools/bin/${name}`;
     if (await mtime(binary) > await mtime(`${root}${source}`)) continue;
     await Deno.mkdir(`${root}.tools/bin`, { recursive: true });

@@ -11,7 +11,7 @@
 #   DIR/                               this checkout without .git, .state, .exp, bench/out, dist and what is generated;
 #                                      its own Deno in DIR/.tools (copied from this checkout's, which tools/setup.sh
 #                                      installs from npm), and node_modules, proto/gen and .tools/bin (faasd-shim,
-#                                      faasd-adapter) made there by `deno task gen` (starting from the checkout's own,
+#                                      faasd-runc, faasd-adapter) made there by `deno task gen` (starting from the checkout's own,
 #                                      when it has them and they are up to date): the copy needs nothing outside it
 #   /etc/faasd/env                     FAASD_* settings (mode 0600), written only when missing
 #   /var/lib/faasd/                    the state directory (mode 0700), when missing
@@ -255,10 +255,10 @@ build_copy() {
     die "deno task gen failed in $stage"
   fi
   rm -f -- "$log"
-  for e in faasd-shim faasd-adapter; do
+  for e in faasd-shim faasd-runc faasd-adapter; do
     [[ -x $stage/.tools/bin/$e ]] || die "deno task gen built no $stage/.tools/bin/$e"
   done
-  say "gen: node_modules, proto/gen, .tools/bin/faasd-shim and .tools/bin/faasd-adapter up to date in $stage (deno task gen)"
+  say "gen: node_modules, proto/gen and .tools/bin/{faasd-shim,faasd-runc,faasd-adapter} up to date in $stage (deno task gen)"
 
   # The service's own command line, with --help: the copy must start offline with its own Deno cache.
   (cd "$stage" && DENO_DIR="$stage/.deno" DENO_NO_UPDATE_CHECK=1 \
