@@ -41,8 +41,7 @@ export const TARGETS: readonly Target[] = [
 ];
 
 /** What the compiled binaries lack, said after a build. */
-export const LIMITS =
-  "dist/faasd finds no faasd-shim, faasd-runc or faasd-adapter inside itself: run it with --shim " +
+export const LIMITS = "dist/faasd finds no faasd-shim, faasd-runc or faasd-adapter inside itself: run it with --shim " +
   "/path/to/.tools/bin/faasd-shim (else it uses the runc v2 shim), --runtime /path/to/.tools/bin/faasd-runc (else " +
   "runc) and --adapter /path/to/.tools/bin/faasd-adapter (else --http-port is refused)";
 
