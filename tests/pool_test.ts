@@ -144,7 +144,8 @@ Deno.test("the breaker opens on an image that cannot start, answers fast, and cl
 Deno.test("connections that send nothing cost no container and are closed after --header-timeout", async () => {
   await using ctd = await startContainerd();
   await using p = await startTestPlatform(ctd, { flags: ["--header-timeout", "1s", "--max-concurrency", "2"] });
-  const { url } = await deploy(p, "hello", "hello");
+  // max_ready 0: no start ahead of demand, so every start counted below is one a connection asked for.
+  const { url } = await deploy(p, "hello", "hello", {}, "?max_ready=0");
   const { hostname, port } = new URL(url);
   const idle = await Promise.all(Array.from({ length: 20 }, () => Deno.connect({ hostname, port: Number(port) })));
   try {
@@ -228,17 +229,21 @@ async function shimPids(namespace: string): Promise<number[]> {
   });
 }
 
-Deno.test("a function's containers share one shim, which goes when the function goes idle", async () => {
+Deno.test("a function's containers share a shim per group, whose shims go when the function goes idle", async () => {
   await using ctd = await startContainerd();
   await using p = await startTestPlatform(ctd, { flags: ["--pool-idle", "1s"] });
   const { url } = await deploy(p, "hello", "hello", {}, "?min_ready=3&max_ready=3");
   assert(await waitUntil(() => p.platform.server.ready("hello") === 3), "3 ready");
-  assertEquals((await shimPids(p.namespace)).length, 1, "one shim for 3 ready containers and their anchor");
+  // Starts in flight together go to up to one open group per core (shim_groups.ts); each group is one shim.
+  const groupsAtMost = Math.min(4, navigator.hardwareConcurrency);
   const anchors = await p.client.listContainers(`labels."${LABELS.role}"==shim-anchor`);
-  assertEquals(anchors.length, 1);
-  assertEquals((await p.client.getTask(anchors[0]!.id))?.status, "created", "the anchor never runs the function");
+  assert(anchors.length >= 1 && anchors.length <= groupsAtMost, `${anchors.length} anchors`);
+  assertEquals((await shimPids(p.namespace)).length, anchors.length, "one shim per group, none per container");
+  for (const a of anchors) {
+    assertEquals((await p.client.getTask(a.id))?.status, "created", "an anchor never runs the function");
+  }
   for (let i = 0; i < 5; i++) assertEquals((await curl(url)).status, 200);
-  assertEquals((await shimPids(p.namespace)).length, 1, "still one shim");
+  assert((await shimPids(p.namespace)).length <= groupsAtMost, "still a shim per group");
 
   const res = await p.request("PATCH", "/api/functions/hello", { body: JSON.stringify({ min_ready: 0 }) });
   assertEquals(res.status, 200);
@@ -257,9 +262,9 @@ Deno.test("a shared shim killed from outside: its containers are replaced and th
   assert(
     await waitUntil(async () => {
       const pids = await shimPids(p.namespace);
-      return p.platform.server.ready("hello") === 2 && pids.length === 1 && pids[0] !== shim;
+      return p.platform.server.ready("hello") === 2 && pids.length >= 1 && !pids.includes(shim!);
     }),
-    "2 ready again, under a fresh shim",
+    "2 ready again, none under the killed shim",
   );
   for (let i = 0; i < 3; i++) {
     const r = await curl(url);

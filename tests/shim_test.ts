@@ -366,9 +366,11 @@ Deno.test("faasd-shim under real containerd: a function's group members start wi
     const { ip } = await res.json();
     assertEquals(res.status, 201);
     assert(await waitUntil(() => p.platform.server.ready("hello") === 3), "3 ready");
-    assertEquals((await p.client.listTasks()).length, 4, "3 ready containers and their group's anchor");
+    // Starts in flight together go to up to as many groups as the host has cores (shim_groups.ts), each anchored.
+    const anchors = (await p.client.listTasks()).length - 3;
+    assert(anchors >= 1 && anchors <= Math.min(4, navigator.hardwareConcurrency), `${anchors} anchors`);
     const starts = await counting.starts();
-    assertEquals(starts.length, 1, `only the anchor's start runs the real shim: ${starts.join("; ")}`);
+    assertEquals(starts.length, anchors, `only the anchors' starts run the real shim: ${starts.join("; ")}`);
     assert(starts[0]!.includes(`-namespace ${p.namespace} `), starts[0]);
 
     // The members joined through faasd-shim's answer serve, and their replacements join the same way.
@@ -377,7 +379,7 @@ Deno.test("faasd-shim under real containerd: a function's group members start wi
       assertEquals([r.exit, r.status], [0, 200]);
     }
     assert(await waitUntil(() => p.platform.server.ready("hello") === 3), "3 ready again");
-    assertEquals((await counting.starts()).length, 1, "still one real start");
+    assertEquals((await counting.starts()).length, anchors, "no more real starts");
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -161,6 +161,8 @@ export class Server {
       const shims = new ShimGroups((record, options) => RequestContainer.start(deps, record, options), {
         size: deps.pool.shimGroupSize,
         lingerMs: SHIM_GROUP_LINGER_MS,
+        // One shim creates one task at a time: as many groups as cores can create in parallel.
+        parallel: Math.max(1, Math.min(deps.pool.maxStarting, navigator.hardwareConcurrency)),
       });
       this.#shims = shims;
       start = (record, signal) => shims.start(record, signal);

@@ -11,6 +11,11 @@
  *
  * A group takes `size` members, then the next start opens a fresh group (a shim's lifetime and what one crash takes
  * down stay bounded); a group without members for `lingerMs` closes, so an idle function keeps no shim and no anchor.
+ *
+ * The runc v2 shim creates one task at a time (its service holds one lock through `runc create`, and a task's start
+ * waits behind the creates queued before it), so one shared shim leaves the host's other cores idle while a burst
+ * starts containers. A function therefore keeps up to `parallel` groups open, and a start goes to the open group with
+ * the fewest starts in flight (a fresh group only when each open one has a start in flight).
  * A group whose anchor exits (killed from outside, its shim crashed) takes no more members.
  *
  * @module
@@ -36,6 +41,8 @@ export interface ShimGroupOptions {
   size: number;
   /** How long a group without members stays open for the next one. */
   lingerMs: number;
+  /** Groups of one function open at once, so that starts need not queue in one shim (default 1). */
+  parallel?: number;
 }
 
 interface Group<C extends GroupContainer> {
@@ -45,6 +52,8 @@ interface Group<C extends GroupContainer> {
   readonly anchor: Promise<C>;
   /** Members started and not yet removed. */
   members: number;
+  /** Members whose start is in flight. */
+  starting: number;
   /** Members ever started. */
   joined: number;
   /** Whether it takes new members. */
@@ -57,8 +66,8 @@ interface Group<C extends GroupContainer> {
 export class ShimGroups<C extends GroupContainer> {
   readonly #start: StartWithOptions<C>;
   readonly #opts: ShimGroupOptions;
-  /** The open group of each function. */
-  readonly #open = new Map<string, Group<C>>();
+  /** The open groups of each function. */
+  readonly #open = new Map<string, Group<C>[]>();
   /** Every group with an anchor that is not removed yet. */
   readonly #groups = new Set<Group<C>>();
   #closed = false;
@@ -84,6 +93,7 @@ export class ShimGroups<C extends GroupContainer> {
     const group = this.#groupFor(record);
     group.members++;
     group.joined++;
+    group.starting++;
     clearTimeout(group.linger);
     if (group.joined >= this.#opts.size) this.#closeToMembers(group);
     let left = false;
@@ -97,13 +107,13 @@ export class ShimGroups<C extends GroupContainer> {
       .catch((e) => {
         leave(); // a start that failed before its container existed never calls onRemoved
         throw e;
-      });
+      })
+      .finally(() => group.starting--);
   }
 
   /** `name` is no longer served: its open group takes no more members and goes with its last one. */
   retire(name: string): void {
-    const group = this.#open.get(name);
-    if (group) this.#closeToMembers(group);
+    for (const group of [...this.#open.get(name) ?? []]) this.#closeToMembers(group);
   }
 
   /** Takes no more members and removes every anchor (their shims exit once their last member is gone). */
@@ -117,8 +127,10 @@ export class ShimGroups<C extends GroupContainer> {
   }
 
   #groupFor(record: FunctionRecord): Group<C> {
-    const current = this.#open.get(record.name);
-    if (current?.open) return current;
+    const open = this.#open.get(record.name) ?? [];
+    let least: Group<C> | undefined;
+    for (const g of open) if (!least || g.starting < least.starting) least = g;
+    if (least && (least.starting === 0 || open.length >= (this.#opts.parallel ?? 1))) return least;
     const id = `faasd.${record.name}.${randomHex(6)}`;
     const anchor = this.#start(record, { shimGroup: id, anchor: true });
     const group: Group<C> = {
@@ -126,12 +138,13 @@ export class ShimGroups<C extends GroupContainer> {
       fn: record.name,
       anchor,
       members: 0,
+      starting: 0,
       joined: 0,
       open: true,
       linger: undefined,
       removed: null,
     };
-    this.#open.set(record.name, group);
+    this.#open.set(record.name, [...open, group]);
     this.#groups.add(group);
     anchor.then(
       (c) => c.exited.then(() => this.#closeToMembers(group)),
@@ -149,7 +162,9 @@ export class ShimGroups<C extends GroupContainer> {
   #closeToMembers(group: Group<C>): void {
     if (!group.open) return;
     group.open = false;
-    if (this.#open.get(group.fn) === group) this.#open.delete(group.fn);
+    const open = (this.#open.get(group.fn) ?? []).filter((g) => g !== group);
+    if (open.length) this.#open.set(group.fn, open);
+    else this.#open.delete(group.fn);
     this.#afterLeaving(group);
   }
 

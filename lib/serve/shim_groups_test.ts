@@ -35,15 +35,16 @@ function record(name: string): FunctionRecord {
 }
 
 /** Groups over fakes; `failAnchors` makes every anchor's start fail. */
-function groups(size = 3, lingerMs = 30, failAnchors = false) {
+function groups(size = 3, lingerMs = 30, failAnchors = false, parallel = 1, hold?: Promise<void>) {
   const made: Fake[] = [];
   const g = new ShimGroups<Fake>(async (r, options) => {
     await options.taskAfter; // as RequestContainer.start does before creating the task
+    if (!options.anchor) await hold;
     if (options.anchor && failAnchors) throw new Error("cannot create the anchor");
     const c = new Fake(r.name, options);
     made.push(c);
     return c;
-  }, { size, lingerMs });
+  }, { size, lingerMs, parallel });
   const anchors = () => made.filter((c) => c.options.anchor);
   const members = () => made.filter((c) => !c.options.anchor);
   return { g, made, anchors, members };
@@ -141,4 +142,24 @@ Deno.test("ShimGroups.close() removes every anchor and starts no more groups", a
   const late = await g.start(record("f"), signal);
   assertEquals(late.options.shimGroup, undefined);
   await a.remove();
+});
+
+Deno.test("ShimGroups.start() spreads starts in flight over up to `parallel` open groups, and reuses them after", async () => {
+  let release = () => {};
+  const hold = new Promise<void>((r) => release = r);
+  const { g, anchors } = groups(10, 60_000, false, 2, hold);
+  const inFlight = [g.start(record("f"), signal), g.start(record("f"), signal), g.start(record("f"), signal)];
+  await sleep(0);
+  assertEquals(anchors().length, 2, "a second group for the second start in flight; no third past `parallel`");
+  release();
+  const started = await Promise.all(inFlight);
+  const ids = new Set(started.map((c) => c.options.shimGroup));
+  assertEquals(ids.size, 2);
+  const later = await g.start(record("f"), signal);
+  assert(ids.has(later.options.shimGroup), "no start in flight: an open group takes it");
+  assertEquals(anchors().length, 2);
+  g.retire("f");
+  for (const c of [...started, later]) await c.remove();
+  assertEquals(anchors().map((a) => a.removed), [1, 1], "retire() closes every open group of the function");
+  await g.close();
 });
