@@ -186,12 +186,8 @@ Deno.test("faasd-runc under real containerd: requests start and delete their con
   try {
     await Deno.writeTextFile(`${dir}/runc`, `#!/bin/sh\necho "$*" >> ${calls}\nexec ${REAL_RUNC} "$@"\n`);
     await Deno.chmod(`${dir}/runc`, 0o755);
-    // containerd's shims inherit its environment, and faasd-runc finds runc on that PATH.
-    const path = Deno.env.get("PATH") ?? "";
-    Deno.env.set("PATH", `${dir}:${path}`);
-    const started = startContainerd();
-    await started.finally(() => Deno.env.set("PATH", path));
-    await using ctd = await started;
+    // containerd's shims inherit its environment: the stand-in on its PATH is found there.
+    await using ctd = await startContainerd({ pathPrefix: dir });
     await using p = await startTestPlatform(ctd, { flags: ["--shim-group-size", "0"] });
     const tarball = await buildHandlerImage("hello");
     const res = await p.request("POST", "/api/new", {

@@ -351,12 +351,8 @@ Deno.test("faasd-shim under real containerd: a function's group members start wi
   const dir = await Deno.makeTempDir({ prefix: "faasd-shim-e2e-" });
   try {
     const counting = await countingShimDir(dir);
-    // containerd runs faasd-shim with its own environment; faasd-shim finds the real shim on that PATH.
-    const path = Deno.env.get("PATH") ?? "";
-    Deno.env.set("PATH", `${counting.bin}:${path}`);
-    const started = startContainerd();
-    await started.finally(() => Deno.env.set("PATH", path));
-    await using ctd = await started;
+    // containerd's shims inherit its environment: the stand-in on its PATH is found there.
+    await using ctd = await startContainerd({ pathPrefix: counting.bin });
     await using p = await startTestPlatform(ctd, { flags: ["--shim", BUILT_SHIM, "--shim-group-size", "64"] });
     const tarball = await buildHandlerImage("hello");
     const res = await p.request("POST", "/api/new?min_ready=3&max_ready=3", {

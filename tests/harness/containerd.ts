@@ -56,14 +56,16 @@ export function testNamespace(prefix = "faasd-test"): string {
 /**
  * Starts a private containerd (or attaches to `FAASD_TEST_CONTAINERD`) and waits until it answers `Version`.
  *
+ * @param options.pathPrefix a directory put first on the private containerd's PATH (its shims and their runc inherit
+ * it), for stand-ins that record their calls; an external containerd keeps its own.
  * @throws {Error} when containerd exits or does not answer in time; the message carries its log.
  */
-export async function startContainerd(): Promise<ContainerdInstance> {
+export async function startContainerd(options: { pathPrefix?: string } = {}): Promise<ContainerdInstance> {
   const external = Deno.env.get("FAASD_TEST_CONTAINERD");
   if (external) return externalInstance(external);
   const dir = await Deno.makeTempDir({ prefix: "faasd-ctd-" });
   try {
-    const instance = new PrivateContainerd(dir);
+    const instance = new PrivateContainerd(dir, options.pathPrefix);
     await instance.start();
     return instance;
   } catch (err) {
@@ -97,8 +99,11 @@ class PrivateContainerd implements ContainerdInstance {
   #stopped = false;
   readonly #onUnload = () => this.#stopSync();
 
-  constructor(dir: string) {
+  readonly #pathPrefix: string | undefined;
+
+  constructor(dir: string, pathPrefix?: string) {
     this.#dir = dir;
+    this.#pathPrefix = pathPrefix;
     this.socket = `${dir}/containerd.sock`;
     this.root = `${dir}/root`;
     this.state = `${dir}/state`;
@@ -121,6 +126,7 @@ class PrivateContainerd implements ContainerdInstance {
     // `exec` keeps the pid, so that killing the child kills containerd itself; its output goes to a log file.
     this.#child = new Deno.Command("sh", {
       args: ["-c", 'exec containerd --config "$1" >>"$2" 2>&1', "sh", this.#config, this.#log],
+      env: this.#pathPrefix ? { PATH: `${this.#pathPrefix}:${Deno.env.get("PATH") ?? ""}` } : undefined,
       stdin: "null",
       stdout: "null",
       stderr: "null",
