@@ -11,12 +11,12 @@
  *
  * A group takes `size` members, then the next start opens a fresh group (a shim's lifetime and what one crash takes
  * down stay bounded); a group without members for `lingerMs` closes, so an idle function keeps no shim and no anchor.
+ * A group whose anchor exits (killed from outside, its shim crashed) takes no more members.
  *
  * The runc v2 shim creates one task at a time (its service holds one lock through `runc create`, and a task's start
  * waits behind the creates queued before it), so one shared shim leaves the host's other cores idle while a burst
  * starts containers. A function therefore keeps up to `parallel` groups open, and a start goes to the open group with
  * the fewest starts in flight (a fresh group only when each open one has a start in flight).
- * A group whose anchor exits (killed from outside, its shim crashed) takes no more members.
  *
  * @module
  */
@@ -111,7 +111,7 @@ export class ShimGroups<C extends GroupContainer> {
       .finally(() => group.starting--);
   }
 
-  /** `name` is no longer served: its open group takes no more members and goes with its last one. */
+  /** `name` is no longer served: its open groups take no more members and each goes with its last one. */
   retire(name: string): void {
     for (const group of [...this.#open.get(name) ?? []]) this.#closeToMembers(group);
   }
