@@ -116,7 +116,11 @@ start() {
   shift 3
   if alive "$pidfile"; then return 0; fi
   setsid nsenter --net="/run/netns/$ns" -- "$@" </dev/null >>"$logfile" 2>&1 &
-  echo $! >"$pidfile"
+  local pid=$! tries=0
+  echo "$pid" >"$pidfile"
+  # Until the child has exec'd, its command line is this script's and alive() would call it dead (seen on a loaded
+  # CI machine): wait for the exec, or for the child to end (a zombie's command line is empty; bounded either way).
+  while ! alive "$pidfile" && kill -0 "$pid" 2>/dev/null && ((++tries <= 300)); do sleep 0.01; done
 }
 
 # wait_for WHAT PIDFILE LOGFILE COMMAND...: polls COMMAND until it succeeds; fails with the log's tail when the
