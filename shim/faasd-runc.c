@@ -1,21 +1,22 @@
 /*
- * faasd-runc: runc, without the Go program starts that `runc start` and `runc delete` cost on every container.
+ * faasd-runc: runc, without the Go program starts that runc costs on every container.
  *
  * faasd names this program as the OCI runtime binary of its containers (the runc v2 shim's option BinaryName). It
- * answers two commands itself when it can tell exactly what runc would do; every other command, and these whenever
- * anything is unusual, is runc itself (`runc` from PATH, exec'd with the same arguments). Each answered command
- * saves a Go program start plus runc's loading of its state: about a third of a container's CPU on a small host.
+ * builds a container itself when its config is one it knows in full (create.c; own.c then answers for it), and
+ * answers two commands on runc's containers when it can tell exactly what runc would do; every other command, and
+ * these whenever anything is unusual, is runc itself (`runc` from PATH, exec'd with the same arguments).
  *
- * "start ID": runc opens the container's exec FIFO for reading (which lets the waiting `runc init` write a byte and
- * exec the process), reads that byte and removes the FIFO. Done here the same way, when the state file names a live
- * init process (pid and start time as in /proc) and the FIFO is there; an init that dies meanwhile is runc's
- * "container process is already dead".
+ * "start ID" on a runc container: runc opens the container's exec FIFO for reading (which lets the waiting `runc
+ * init` write a byte and exec the process), reads that byte and removes the FIFO. Done here the same way, when the
+ * state file names a live init process (pid and start time as in /proc) and the FIFO is there; an init that dies
+ * meanwhile is runc's "container process is already dead".
  *
- * "delete ID" (without --force): for a stopped container runc removes its cgroups and its state directory. Done here
- * when the init is gone (no such pid, another process's start time, or a zombie), the FIFO is gone (never-started
- * containers are runc's: they need a kill), the container had its own pid namespace (so nothing of it can still run),
- * it has no poststop hooks and no Intel RDT group, every cgroup path lies under /sys/fs/cgroup, and each cgroup
- * directory goes with one rmdir. Anything else: runc, which tries harder (it retries, and kills what is left).
+ * "delete ID" (without --force) on a runc container: for a stopped container runc removes its cgroups and its state
+ * directory. Done here when the init is gone (no such pid, another process's start time, or a zombie), the FIFO is
+ * gone (never-started containers are runc's: they need a kill), the container had its own pid namespace (so nothing
+ * of it can still run), it has no poststop hooks and no Intel RDT group, every cgroup path lies under /sys/fs/cgroup,
+ * and each cgroup directory goes with one rmdir. Anything else: runc, which tries harder (it retries, and kills what
+ * is left).
  *
  * Global flags are taken only in the shape the shim's go-runc writes them: --root DIR, --log FILE, --log-format F.
  */
@@ -24,11 +25,15 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
+
+#include "faasd-runc.h"
 
 #define REAL_RUNTIME "runc"
 /* runc's state files are tens of KiB (the whole converted config); larger ones go to runc. */
@@ -53,26 +58,58 @@ static int plain_id(const char *s) {
   return 1;
 }
 
-/* Reads the state file of the container in dir into a NUL-terminated buffer; NULL when missing or too large. */
-static char *read_state(int dir) {
-  int fd = openat(dir, "state.json", O_RDONLY | O_CLOEXEC);
+char *read_file_at(int dir, const char *name, size_t max, size_t *len) {
+  int fd = openat(dir, name, O_RDONLY | O_CLOEXEC);
   if (fd < 0) return NULL;
-  char *buf = malloc(STATE_MAX + 1);
+  char *buf = malloc(max + 1);
   size_t n = 0;
-  while (buf && n < STATE_MAX) {
-    ssize_t r = read(fd, buf + n, STATE_MAX - n);
+  while (buf && n < max) {
+    ssize_t r = read(fd, buf + n, max - n);
     if (r < 0 && errno == EINTR) continue;
-    if (r < 0) n = STATE_MAX; /* unreadable: treated as too large */
+    if (r < 0) n = max; /* unreadable: treated as too large */
     if (r <= 0) break;
     n += (size_t)r;
   }
   close(fd);
-  if (!buf || n >= STATE_MAX) {
+  if (!buf || n >= max) {
     free(buf);
     return NULL;
   }
   buf[n] = 0;
+  if (len) *len = n;
   return buf;
+}
+
+/* Reads runc's state file of the container in dir; NULL when missing or too large. */
+static char *read_state(int dir) { return read_file_at(dir, "state.json", STATE_MAX, NULL); }
+
+_Noreturn void die(const struct globals *g, const char *fmt, ...) {
+  char msg[2048];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  fprintf(stderr, "%s\n", msg);
+  /* The shim reports the last error line of the --log file (runc's JSON log). */
+  FILE *f = g && g->log ? fopen(g->log, "ae") : NULL;
+  if (f) {
+    char now[32];
+    time_t t = time(NULL);
+    strftime(now, sizeof now, "%Y-%m-%dT%H:%M:%SZ", gmtime(&t));
+    if (g->json_log) {
+      fprintf(f, "{\"level\":\"error\",\"msg\":\"");
+      for (const char *s = msg; *s; s++) {
+        if (*s == '"' || *s == '\\') fprintf(f, "\\%c", *s);
+        else if ((unsigned char)*s < 0x20) fprintf(f, "\\u%04x", *s);
+        else fputc(*s, f);
+      }
+      fprintf(f, "\",\"time\":\"%s\"}\n", now);
+    } else {
+      fprintf(f, "time=\"%s\" level=error msg=\"%s\"\n", now, msg);
+    }
+    fclose(f);
+  }
+  exit(1);
 }
 
 /* The unsigned integer after "key": in the state, or -1. */
@@ -89,10 +126,9 @@ static long long state_number(const char *state, const char *key) {
   return v;
 }
 
-/* The init process as runc judges it: 1 running (pid there with the recorded start time, not a zombie), 0 gone,
- * -1 cannot tell. */
-static int init_running(long long pid, long long start) {
-  if (pid <= 0 || start < 0) return -1;
+/* The state letter and start time (fields 3 and 22 of /proc/PID/stat); 0 gone, -1 cannot tell, 1 read. */
+static int stat_of(long long pid, char *state, long long *started) {
+  if (pid <= 0) return -1;
   char path[64], stat[1024];
   snprintf(path, sizeof path, "/proc/%lld/stat", pid);
   int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -104,14 +140,29 @@ static int init_running(long long pid, long long start) {
   /* "pid (comm) S ppid ... starttime": comm may hold anything, so fields count from the last ')'. */
   char *p = strrchr(stat, ')');
   if (!p || p[1] != ' ') return -1;
-  char state = p[2];
+  *state = p[2];
   p += 2;
   for (int field = 3; field < 22; field++) { /* starttime is field 22 */
     p = strchr(p, ' ');
     if (!p) return -1;
     p++;
   }
-  long long started = strtoll(p, NULL, 10);
+  *started = strtoll(p, NULL, 10);
+  return 1;
+}
+
+long long process_start(long long pid) {
+  char state;
+  long long started;
+  return stat_of(pid, &state, &started) == 1 ? started : -1;
+}
+
+int init_running(long long pid, long long start) {
+  if (pid <= 0 || start < 0) return -1;
+  char state;
+  long long started;
+  int r = stat_of(pid, &state, &started);
+  if (r != 1) return r;
   if (started != start || state == 'Z' || state == 'X' || state == 'x') return 0;
   return 1;
 }
@@ -224,19 +275,33 @@ static void delete(int root, const char *id) {
   exit(0);
 }
 
+/* Whether the container id in root is one create.c made. */
+static int own_container(int root, const char *id) {
+  char path[2048];
+  if (!plain_id(id) || snprintf(path, sizeof path, "%s/%s", id, OWN_STATE) >= (int)sizeof path) return 0;
+  return faccessat(root, path, F_OK, 0) == 0;
+}
+
 int main(int argc, char **argv) {
   real_argv = argv;
-  const char *root_path = NULL;
+  struct globals g = {0};
   int i = 1;
   for (; i + 1 < argc; i += 2) {
-    if (strcmp(argv[i], "--root") == 0) root_path = argv[i + 1];
-    else if (strcmp(argv[i], "--log") != 0 && strcmp(argv[i], "--log-format") != 0) break;
+    if (strcmp(argv[i], "--root") == 0) g.root = argv[i + 1];
+    else if (strcmp(argv[i], "--log") == 0) g.log = argv[i + 1];
+    else if (strcmp(argv[i], "--log-format") == 0) g.json_log = strcmp(argv[i + 1], "json") == 0;
+    else break;
   }
+  if (!g.root || *g.root != '/' || i >= argc) exec_runtime();
+  if (strcmp(argv[i], "create") == 0) create(&g, argc - i, argv + i);
+  int root = open(g.root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  /* A container of faasd-runc's own, named anywhere among the command's words: never runc's to read. */
+  for (int a = i + 1; root >= 0 && a < argc; a++)
+    if (own_container(root, argv[a])) own_command(&g, root, argv[i], argc - i - 1, argv + i + 1);
   /* Exactly "start ID" or "delete ID" after the flags. */
-  if (root_path && *root_path == '/' && i + 2 == argc && plain_id(argv[i + 1])) {
-    int root = open(root_path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (root >= 0 && strcmp(argv[i], "start") == 0) start(root, argv[i + 1]);
-    if (root >= 0 && strcmp(argv[i], "delete") == 0) delete(root, argv[i + 1]);
+  if (root >= 0 && i + 2 == argc && plain_id(argv[i + 1])) {
+    if (strcmp(argv[i], "start") == 0) start(root, argv[i + 1]);
+    if (strcmp(argv[i], "delete") == 0) delete(root, argv[i + 1]);
   }
   exec_runtime();
 }

@@ -1,8 +1,10 @@
 /**
- * faasd's front for runc (shim/faasd-runc.c, built by `deno task gen`): it answers `start` and the `delete` of a
- * stopped container itself, and hands everything else to runc, here found on PATH through a script that records its
- * arguments and execs the real runc. The first tests drive real containers with runc alone (a bundle in a temporary
- * directory, its own state root); the last runs faasd under a real containerd and counts runc's commands.
+ * faasd's front for runc (shim/faasd-runc.c, built by `deno task gen`) on runc's containers: it answers `start` and
+ * the `delete` of a stopped container itself, and hands everything else to runc, here found on PATH through a script
+ * that records its arguments and execs the real runc. These bundles have runc's own example config (`runc spec`),
+ * which faasd-runc's create (tests/runtime_create_test.ts) hands to runc. The first tests drive real containers in
+ * a temporary directory with its own state root; the last runs faasd under a real containerd and counts runc's
+ * commands.
  */
 
 import { assert, assertEquals, assertStringIncludes } from "./assert.ts";
@@ -12,6 +14,7 @@ import { buildHandlerImage, compileHandler } from "./harness/images.ts";
 import { startTestPlatform } from "./harness/platform.ts";
 import { waitUntil } from "./harness/wait.ts";
 import { curl } from "./curl.ts";
+import { ownCreateHost } from "./harness/cgroups.ts";
 
 const REAL_RUNC = "/usr/sbin/runc";
 
@@ -180,7 +183,7 @@ Deno.test("faasd-runc leaves a second start of a stopped container to runc, whic
   }
 });
 
-Deno.test("faasd-runc under real containerd: requests start and delete their containers without runc", async () => {
+Deno.test("faasd-runc under real containerd: requests create, start and delete their containers without runc", async () => {
   const dir = await Deno.makeTempDir({ prefix: "faasd-runc-e2e-" });
   const calls = `${dir}/calls`;
   try {
@@ -201,10 +204,16 @@ Deno.test("faasd-runc under real containerd: requests start and delete their con
       assertEquals([r.exit, r.status, r.body], [0, 200, "hello from faasd\n"]);
     }
     assert(await waitUntil(async () => (await p.client.listTasks()).length === 0), "every container removed");
-    const commands = (await Deno.readTextFile(calls)).split("\n").filter(Boolean).map((l) => l.split(" ")[6]);
-    // Ready containers retired unused are killed through runc; none is started or deleted by it.
-    assertEquals(commands.filter((c) => c === "start" || c === "delete"), [], commands.join(" "));
-    assert(commands.filter((c) => c === "create").length >= 5, commands.join(" "));
+    const text = await Deno.readTextFile(calls).catch(() => "");
+    const commands = text.split("\n").filter(Boolean).map((l) => l.split(" ")[6]);
+    if (await ownCreateHost()) {
+      // faasd-runc built every container, and answered every command on them.
+      assertEquals(commands, []);
+    } else {
+      // runc creates them; ready containers retired unused are killed through it; none is started or deleted by it.
+      assertEquals(commands.filter((c) => c === "start" || c === "delete"), [], commands.join(" "));
+      assert(commands.filter((c) => c === "create").length >= 5, commands.join(" "));
+    }
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

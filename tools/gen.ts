@@ -163,18 +163,34 @@ async function main(): Promise<void> {
   }
 }
 
-/** Builds faasd's static C programs (its shim, its runc front and its adapter), each unless its binary is newer than its source. */
+/** Builds faasd's static C programs (its shim, its runc front and its adapter), each unless its binary is newer than its sources. */
 async function buildPrograms(): Promise<void> {
-  const programs = [
-    ["shim/faasd-shim.c", "faasd-shim"],
-    ["shim/faasd-runc.c", "faasd-runc"],
-    ["adapter/faasd-adapter.c", "faasd-adapter"],
+  const programs: { name: string; sources: string[]; headers?: string[]; libs?: string[] }[] = [
+    { name: "faasd-shim", sources: ["shim/faasd-shim.c"] },
+    {
+      name: "faasd-runc",
+      sources: ["shim/faasd-runc.c", "shim/create.c", "shim/own.c", "shim/json.c"],
+      headers: ["shim/faasd-runc.h", "shim/json.h"],
+      libs: ["-lseccomp"],
+    },
+    { name: "faasd-adapter", sources: ["adapter/faasd-adapter.c"] },
   ];
-  for (const [source, name] of programs) {
+  for (const { name, sources, headers = [], libs = [] } of programs) {
     const binary = `${root}.tools/bin/${name}`;
-    if (await mtime(binary) > await mtime(`${root}${source}`)) continue;
+    const newest = Math.max(...await Promise.all([...sources, ...headers].map((s) => mtime(`${root}${s}`))));
+    if (await mtime(binary) > newest) continue;
     await Deno.mkdir(`${root}.tools/bin`, { recursive: true });
-    await run("gcc", ["-static", "-O2", "-Wall", "-Wextra", "-Werror", "-o", `${binary}.tmp`, `${root}${source}`]);
+    await run("gcc", [
+      "-static",
+      "-O2",
+      "-Wall",
+      "-Wextra",
+      "-Werror",
+      "-o",
+      `${binary}.tmp`,
+      ...sources.map((s) => `${root}${s}`),
+      ...libs,
+    ]);
     await Deno.rename(`${binary}.tmp`, binary);
   }
 }

@@ -29,7 +29,7 @@ ROOT=${ROOT%/}
 MARKER=.faasd-install # in DIR: what the uninstall (and a reinstall) may remove
 WRAPPER_TAG="installed by faasd's tools/install.sh"
 # What faasd runs with and is built with; tools/setup.sh installs these (and more) when one is missing.
-PACKAGES=(containerd runc nftables iproute2 golang-github-containers-common gcc libc6-dev
+PACKAGES=(containerd runc nftables iproute2 golang-github-containers-common gcc libc6-dev libseccomp-dev
   golang-github-containerd-containerd-dev golang-github-gogo-protobuf-dev)
 SOURCE_EXCLUDES=(./.git ./.state ./.exp ./bench/out ./node_modules ./.tools ./proto/gen ./dist)
 

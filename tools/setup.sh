@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Installs what faasd needs on Debian 12, as root, where missing: containerd, runc, podman and nftables from Debian, the
-# protobuf sources the containerd client is generated from, gcc for the example and test handlers, and Deno from
-# npm (into .tools/, beside the project). Then generates the containerd client. Safe to run again.
+# protobuf sources the containerd client is generated from, gcc for the example and test handlers (and libseccomp for
+# faasd-runc), and Deno from npm (into .tools/, beside the project). Then generates the containerd client. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(containerd runc podman iproute2 nftables golang-github-containers-common gcc libc6-dev golang-go curl ca-certificates python3
+packages=(containerd runc podman iproute2 nftables golang-github-containers-common gcc libc6-dev libseccomp-dev golang-go curl ca-certificates python3
   golang-github-containerd-containerd-dev golang-github-gogo-protobuf-dev
   etcd-server etcd-client docker-registry bird2 golang-etcd-server-dev golang-github-gogo-googleapis-dev)
 command -v npm >/dev/null || packages+=(npm)
