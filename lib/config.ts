@@ -18,8 +18,8 @@ export interface DaemonConfig {
   containerd: string;
   namespace: string;
   /**
-   * `--runtime`: the OCI runtime binary the runc v2 shim runs: `auto` (faasd's front for runc, shim/faasd-runc.c, when
-   * built; else runc), or a name on PATH or a path (runc, crun…).
+   * `--runtime`: the OCI runtime binary the runc v2 shim runs: `auto` (faasd-runc, shim/faasd-runc.c, which builds
+   * faasd's containers itself and hands anything else to runc, when built; else runc), or a name on PATH or a path.
    */
   runtime: string;
   /**

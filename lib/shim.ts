@@ -2,8 +2,9 @@
  * Which containerd shim runs request containers. faasd's own (shim/faasd-shim.c, built by tools/setup.sh) is the runc
  * v2 shim minus two Go program starts per container: it answers containerd 1.6's `start` for a task joining a running
  * group shim, and the clean-up call containerd makes after every task delete for nothing; without it, the runc v2
- * shim itself. Likewise the OCI runtime the shim runs: faasd's front for runc (shim/faasd-runc.c) answers `runc start`
- * and the `runc delete` of a stopped container itself, and is runc for everything else.
+ * shim itself. Likewise the OCI runtime the shim runs: faasd-runc (shim/faasd-runc.c) builds containers of faasd's
+ * spec itself, without a Go program start (shim/create.c), answers for them (shim/own.c), and is runc for everything
+ * else.
  *
  * @module
  */

@@ -19,7 +19,7 @@
  * and exits; the child is the shim's.
  *
  * The seccomp filter is compiled with libseccomp as runc does (rules on one argument index ORed, others ANDed), once
- * per profile: the BPF is kept beside the state directories, keyed by the profile's exact text. Unlike runc, syscalls
+ * per profile: the BPF is kept in SECCOMP_CACHE, keyed by the profile's exact text. Unlike runc, syscalls
  * newer than the profile get its default action, not ENOSYS.
  */
 #define _GNU_SOURCE
@@ -644,17 +644,29 @@ static uint64_t fnv1a(const char *s, size_t n) {
   return h;
 }
 
+/* Where compiled filters are kept: one machine-wide directory (on tmpfs), whatever the state root. */
+#define SECCOMP_CACHE "/run/faasd-runc"
+
 /*
- * The filter of the profile: from the cache file `.faasd-seccomp-HASH` in the state root (a file, which runc's
- * `list` skips) when it holds exactly this profile's text, else compiled and then cached. 0: runc's.
+ * The filter of the profile: from the cache file SECCOMP_CACHE/seccomp-HASH when it holds exactly this profile's
+ * text, else compiled and then cached (when the cache cannot be written, compiled every time). 0: runc's.
  */
-static int prepare_seccomp(int root, struct plan *p) {
+static int prepare_seccomp(struct plan *p) {
   const struct json *s = p->seccomp;
   if (!s || s->type == JSON_NULL) return 1;
   char name[64];
-  snprintf(name, sizeof name, ".faasd-seccomp-%016llx", (unsigned long long)fnv1a(s->source, s->source_len));
+  if (mkdir(SECCOMP_CACHE, 0700) != 0 && errno != EEXIST) return compile_seccomp(s, &p->filter, &p->seccomp_flags);
+  int cache = open(SECCOMP_CACHE, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  struct stat st;
+  /* Only a directory that root alone can write is trusted with filters. */
+  if (cache >= 0 && (fstat(cache, &st) != 0 || st.st_uid != 0 || (st.st_mode & 022))) {
+    close(cache);
+    cache = -1;
+  }
+  if (cache < 0) return compile_seccomp(s, &p->filter, &p->seccomp_flags);
+  snprintf(name, sizeof name, "seccomp-%016llx", (unsigned long long)fnv1a(s->source, s->source_len));
   size_t len;
-  char *cached = read_file_at(root, name, 8 * 1024 * 1024, &len);
+  char *cached = read_file_at(cache, name, 8 * 1024 * 1024, &len);
   uint64_t text_len;
   /* Layout: the profile's length (8 bytes), its text, the flags (4 bytes), then the BPF program. */
   if (cached && len > 12 && (memcpy(&text_len, cached, 8), text_len == s->source_len) &&
@@ -663,20 +675,22 @@ static int prepare_seccomp(int root, struct plan *p) {
     memcpy(&p->seccomp_flags, cached + 8 + text_len, 4);
     p->filter.len = (unsigned short)((len - 12 - text_len) / sizeof(struct sock_filter));
     p->filter.filter = (struct sock_filter *)(void *)(cached + 12 + text_len);
+    close(cache);
     return 1;
   }
   free(cached);
-  if (!compile_seccomp(s, &p->filter, &p->seccomp_flags)) return 0;
+  if (!compile_seccomp(s, &p->filter, &p->seccomp_flags)) return close(cache), 0;
   char tmp[96];
   snprintf(tmp, sizeof tmp, "%s.%d", name, getpid());
-  int fd = openat(root, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  if (fd < 0) return 1; /* not cached: compiled again next time */
+  int fd = openat(cache, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) return close(cache), 1; /* not cached: compiled again next time */
   uint64_t n = s->source_len;
   size_t bpf = p->filter.len * sizeof(struct sock_filter);
   int ok = write(fd, &n, 8) == 8 && write(fd, s->source, n) == (ssize_t)n &&
            write(fd, &p->seccomp_flags, 4) == 4 && write(fd, p->filter.filter, bpf) == (ssize_t)bpf;
   close(fd);
-  if (!ok || renameat(root, tmp, root, name) != 0) unlinkat(root, tmp, 0);
+  if (!ok || renameat(cache, tmp, cache, name) != 0) unlinkat(cache, tmp, 0);
+  close(cache);
   return 1;
 }
 
@@ -1059,7 +1073,7 @@ void create(const struct globals *g, int argc, char **argv) {
   if (!config || !plan_config(config, p) || !plan_cgroups(p)) return;
   if (mkdir(g->root, 0700) != 0 && errno != EEXIST) return;
   int root = open(g->root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (root < 0 || !prepare_seccomp(root, p)) return;
+  if (root < 0 || !prepare_seccomp(p)) return;
 
   /* From here on the container is this program's: errors are reported, not handed to runc. */
   if (mkdirat(root, p->id, 0711) != 0) {

@@ -265,6 +265,58 @@ Deno.test({
   },
 });
 
+Deno.test({
+  name: "faasd-runc create compiles a seccomp profile once into /run/faasd-runc, and recompiles over a cache file " +
+    "that holds another profile's text",
+  ignore: !await ownCreateHost(),
+  fn: async () => {
+    const s = await scene();
+    // A profile no other test uses: a rule for a syscall name libseccomp does not know (skipped, as runc skips it).
+    const marker = `faasd_test_${crypto.randomUUID().replaceAll("-", "")}`;
+    const unique = (spec: Record<string, unknown>) => {
+      const linux = spec.linux as { seccomp: { syscalls: unknown[] } };
+      // A copy: the spec shares the profile object with every other spec of the scene.
+      linux.seccomp = {
+        ...linux.seccomp,
+        syscalls: [...linux.seccomp.syscalls, { names: [marker], action: "SCMP_ACT_ALLOW" }],
+      };
+    };
+    const cacheFile = async () => {
+      for (const e of await Array.fromAsync(Deno.readDir("/run/faasd-runc"))) {
+        const path = `/run/faasd-runc/${e.name}`;
+        if (e.name.startsWith("seccomp-") && (await Deno.readTextFile(path)).includes(marker)) return path;
+      }
+      return null;
+    };
+    let file: string | null = null;
+    try {
+      await s.writeSpec("s1", "noconnect", unique);
+      assertEquals((await s.create(BUILT_RUNTIME, "s1")).code, 0);
+      file = await cacheFile();
+      assert(file, "the compiled profile is cached");
+      const { mode, uid } = await Deno.stat("/run/faasd-runc");
+      assertEquals([mode! & 0o777, uid], [0o700, 0]);
+
+      // Same hash, other text (as a collision would be): not trusted, compiled again and rewritten.
+      const bytes = await Deno.readFile(file);
+      const at = new TextDecoder("latin1").decode(bytes).indexOf(marker); // one char per byte
+      assert(at > 0, "the cache holds the profile's text");
+      bytes[at] = "X".charCodeAt(0);
+      await Deno.writeFile(file, bytes);
+      await s.writeSpec("s2", "noconnect", unique);
+      const s2 = await s.create(BUILT_RUNTIME, "s2");
+      assertEquals(s2.code, 0, s2.log);
+      assert((await Deno.readTextFile(file)).includes(marker), "the cache file was rewritten for this profile");
+      assertEquals((await s.runtime("start", "s2")).code, 0);
+      const status = await Deno.readTextFile(`/proc/${s2.pid}/status`);
+      assertStringIncludes(status, "Seccomp:\t2");
+    } finally {
+      if (file) await Deno.remove(file).catch(() => {});
+      await s.cleanup();
+    }
+  },
+});
+
 Deno.test("faasd-runc hands runc a create it does not know in full, unchanged: another shape, a symlink on a mount's way", async () => {
   const s = await scene();
   try {

@@ -156,6 +156,11 @@ do_uninstall() {
   else
     say "files: $prefix is not there"
   fi
+  # faasd-runc's compiled seccomp filters (a cache, rebuilt on demand).
+  if [[ -d $ROOT/run/faasd-runc ]]; then
+    rm -rf -- "$ROOT/run/faasd-runc"
+    say "cache: removed $ROOT/run/faasd-runc"
+  fi
 
   local state namespace
   state=$(env_value FAASD_STATE_DIR)
