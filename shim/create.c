@@ -10,7 +10,7 @@
  * symlink, is runc's: this program then execs runc with the same arguments, having left nothing behind.
  *
  * What it does is what runc does for such a config, in the same order: state directory and exec FIFO; cgroups made
- * and limited (runc's default device rules); a child cloned into the new namespaces and put into the cgroups; in it,
+ * and limited (runc's default device rules); a child cloned into the new namespaces inside the cgroups; in it,
  * loopback up, the rootfs bound onto itself, the mounts (each destination resolved in the rootfs without following
  * symlinks), the device nodes and /dev links, pivot_root, read-only and masked paths, a read-only root, the hostname,
  * a fresh session keyring, rlimits, HOME when the env has none, the bounding set, groups and ids, capabilities, no
@@ -90,6 +90,8 @@ struct plan {
   unsigned seccomp_flags;
   struct sock_fprog filter;
   char cgroups[MAX_CGROUPS][PATH_MAX];
+  /* This process's own cgroups, in the same order: it joins the container's to clone the init inside them. */
+  char origin[MAX_CGROUPS][PATH_MAX];
   size_t ncgroups;
 };
 
@@ -428,7 +430,9 @@ static int plan_cgroups(struct plan *p) {
       for (int k = 0; k < 4; k++)
         if (strcmp(c, (const char *const[]){"memory", "pids", "cpu", "devices"}[k]) == 0) needed |= 1 << k;
     }
-    if (p->ncgroups == MAX_CGROUPS ||
+    char *own = end + 1;
+    own[strcspn(own, "\n")] = 0;
+    if (p->ncgroups == MAX_CGROUPS || snprintf(p->origin[p->ncgroups], PATH_MAX, "%s%s", dir, own) >= PATH_MAX ||
         snprintf(p->cgroups[p->ncgroups++], PATH_MAX, "%s%s", dir, p->cgroups_path) >= PATH_MAX)
       ok = 0;
   }
@@ -939,9 +943,6 @@ static int setup_child(struct child *c, char *exe, size_t exe_len) {
 
 _Noreturn static void child_main(struct child *c, int fifo) {
   const struct plan *p = c->p;
-  char go;
-  /* Wait until the parent has put this process into its cgroups. */
-  if (read(c->sync, &go, 1) != 1) _exit(1);
   /* Nothing this program holds, or was handed beyond stdio, reaches the process. */
   syscall(SYS_close_range, 3, ~0U, CLOSE_RANGE_CLOEXEC);
   sigset_t all;
@@ -1033,8 +1034,23 @@ static int write_pid_file(const char *path, pid_t pid) {
   return ok && rename(tmp, path) == 0 ? 0 : -1;
 }
 
-/* Undoes a create that failed: the child, the cgroups, the state directory. */
-static void undo(int root, const struct plan *p, pid_t child) {
+/* Moves this process into the cgroup directories dirs; on error, a message in err. */
+static int join(const struct plan *p, char (*dirs)[PATH_MAX], char *err, size_t err_len) {
+  char pid[32];
+  snprintf(pid, sizeof pid, "%d", getpid());
+  for (size_t k = 0; k < p->ncgroups; k++) {
+    if (write_file(dirs[k], "cgroup.procs", pid) != 0) {
+      snprintf(err, err_len, "join cgroup %s: %s", dirs[k], strerror(errno));
+      return -1;
+    }
+  }
+  return 0;
+}
+
+/* Undoes a create that failed: this process back in its own cgroups, the child, the cgroups, the state directory. */
+static void undo(int root, struct plan *p, pid_t child) {
+  char ignored[256];
+  join(p, p->origin, ignored, sizeof ignored);
   if (child > 0) {
     kill(child, SIGKILL);
     waitpid(child, NULL, 0);
@@ -1089,6 +1105,9 @@ void create(const struct globals *g, int argc, char **argv) {
   else if ((fifo = openat(dir, "exec.fifo", O_PATH | O_CLOEXEC)) < 0) failure = "open exec fifo";
   else if (setup_cgroups(p, err, sizeof err) != 0) failure = err;
   else if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sync) != 0) failure = "socketpair";
+  /* The init is cloned inside the container's cgroups, so that its creation counts against their limits (a full
+   * pids cgroup refuses it, as it refuses runc's init); moving a process in is not limited. */
+  else if (join(p, p->cgroups, err, sizeof err) != 0) failure = err;
   if (failure) {
     int saved = errno;
     undo(root, p, -1);
@@ -1108,17 +1127,8 @@ void create(const struct globals *g, int argc, char **argv) {
     child_main(&c, fifo);
   }
   close(sync[1]);
-  char pid_text[32];
-  snprintf(pid_text, sizeof pid_text, "%d", child);
-  for (size_t k = 0; k < p->ncgroups; k++) {
-    if (write_file(p->cgroups[k], "cgroup.procs", pid_text) != 0) {
-      snprintf(err, sizeof err, "join cgroup %s: %s", p->cgroups[k], strerror(errno));
-      undo(root, p, child);
-      die(g, "%s", err);
-    }
-  }
   char msg[1024 + 1] = "";
-  ssize_t n = write(sync[0], "g", 1) == 1 ? recv(sync[0], msg, sizeof msg - 1, 0) : -1;
+  ssize_t n = recv(sync[0], msg, sizeof msg - 1, 0);
   if (n > 0 && strcmp(msg, FALLBACK) == 0) {
     /* A symlink on a mount's way: runc resolves those in the rootfs; nothing of this attempt is left. */
     undo(root, p, child);

@@ -187,13 +187,23 @@ Deno.test("the sum of all containers is capped: 16 fork bombs at once leave the 
   await using p = await startTestPlatform(ctd, { flags: ["--pids-limit", "256", "--total-pids", "1024"] });
   const base = await deploy(p, "probe", "probe");
   await t.step("each bomb holds what it got; together they stay under --total-pids", async () => {
+    // The parent cgroup of every request container (v1: in the pids hierarchy; v2: unified).
+    const parentFile = async (name: string) => {
+      for (const dir of [`/sys/fs/cgroup/pids/${p.namespace}`, `/sys/fs/cgroup/${p.namespace}`]) {
+        const text = await Deno.readTextFile(`${dir}/${name}`).catch(() => null);
+        if (text !== null) return text;
+      }
+      throw new Error(`no ${name} for the parent cgroup /${p.namespace}`);
+    };
     const bombs = Array.from({ length: 16 }, () => curl(`${base}/forkbomb/1000/3000`, { timeoutS: 60 }));
     let healthy = true;
+    let peak = 0;
     const watching = (async () => {
       for (let i = 0; i < 30; i++) {
         const h = await p.request("GET", "/healthz");
         await h.body?.cancel();
         healthy &&= h.status === 200;
+        peak = Math.max(peak, Number((await parentFile("pids.current")).trim()));
         await new Promise((r) => setTimeout(r, 100));
       }
     })();
@@ -206,8 +216,12 @@ Deno.test("the sum of all containers is capped: 16 fork bombs at once leave the 
     assert(results.every((r) => r.status === 200 || r.status === 503), results.map((r) => r.status).join(" "));
     const counts = served.map((r) => Number(r.body.trim().split(" ")[2]));
     assert(counts.every((n) => n <= 255), `a bomb passed its own limit: ${counts}`);
-    const sum = counts.reduce((a, b) => a + b, 0);
-    assert(sum + served.length <= 1024, `together ${sum} processes`);
+    // Bombs do not all hold at one moment (one whose container started after another ended forks again), so their
+    // counts need not add up under the cap: the parent's own count is what the cap holds, and it was reached. Moving
+    // a process into a cgroup is not limited: for a moment each container start (at most --max-starting, 4) may hold
+    // one more, the runtime's process that then clones the container's init, which the full cgroup refuses.
+    assert(peak >= 1024 - 64 && peak <= 1024 + 4, `the parent held ${peak} processes at most`);
+    assert(counts.some((n) => n < 255), `the parent's cap stopped no bomb: ${counts}`);
     assert(healthy, "/healthz answered 200 throughout");
   });
   await t.step("nothing is left", async () => {
