@@ -32,6 +32,7 @@
 #include <linux/close_range.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
+#include <poll.h>
 #include <sched.h>
 #include <seccomp.h>
 #include <signal.h>
@@ -49,6 +50,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <linux/magic.h>
+#include <linux/openat2.h>
 #include <sys/statfs.h>
 #include <sys/statvfs.h>
 #include <sys/syscall.h>
@@ -60,6 +62,8 @@
 #define CONFIG_MAX (4 * 1024 * 1024)
 #define MAX_CGROUPS 32
 #define FALLBACK "\x01" "fallback"
+/* How long the init may take to build the container (an image can make that hang; runc has no bound at all). */
+#define SETUP_TIMEOUT_MS 30000
 
 /* ---- what the config asks for, once checked ---- */
 
@@ -90,6 +94,9 @@ struct plan {
   unsigned seccomp_flags;
   struct sock_fprog filter;
   char cgroups[MAX_CGROUPS][PATH_MAX];
+  /* This program's file: the container's process may never be it (it is reachable as /proc/self/exe). */
+  dev_t self_dev;
+  ino_t self_ino;
   /* This process's own cgroups, in the same order: it joins the container's to clone the init inside them. */
   char origin[MAX_CGROUPS][PATH_MAX];
   size_t ncgroups;
@@ -594,14 +601,9 @@ static int compile_seccomp(const struct json *profile, struct sock_fprog *prog, 
       break;
     }
     if (action == fallback) continue; /* libseccomp refuses it; a no-op (as runc skips it) */
-    struct scmp_arg_cmp conditions[6], alone[24];
-    size_t nconditions = 0, nalone = 0, per_index[6] = {0};
-    for (size_t a = 0; args && a < args->count; a++) {
-      int k;
-      unsigned long long index = json_u64(json_get(&args->items[a], "index"), &k);
-      if (!k || index > 5) ok = 0;
-      else per_index[index]++;
-    }
+    struct scmp_arg_cmp conditions[24];
+    size_t nconditions = 0, per_index[6] = {0};
+    int repeated = 0;
     for (size_t a = 0; ok && args && a < args->count; a++) {
       const struct json *arg = &args->items[a];
       int k1, k2 = 1, k3;
@@ -609,30 +611,33 @@ static int compile_seccomp(const struct json *profile, struct sock_fprog *prog, 
       unsigned long long value = json_u64(json_get(arg, "value"), &k3);
       unsigned long long two = json_get(arg, "valueTwo") ? json_u64(json_get(arg, "valueTwo"), &k2) : 0;
       enum scmp_compare op;
-      if (!only_members(arg, arg_keys) || !k1 || !k2 || !k3 || !seccomp_op(string_of(json_get(arg, "op")) ?: "", &op)) {
+      if (!only_members(arg, arg_keys) || !k1 || index > 5 || !k2 || !k3 ||
+          !seccomp_op(string_of(json_get(arg, "op")) ?: "", &op)) {
         ok = 0;
         break;
       }
-      struct scmp_arg_cmp c = {.arg = (unsigned)index, .op = op, .datum_a = value, .datum_b = two};
-      /* runc: several conditions on one argument are alternatives (a rule each); the rest are ANDed in one rule. */
-      if (per_index[index] > 1) alone[nalone++] = c;
-      else conditions[nconditions++] = c;
+      repeated |= ++per_index[index] > 1;
+      conditions[nconditions++] = (struct scmp_arg_cmp){.arg = (unsigned)index, .op = op, .datum_a = value, .datum_b = two};
     }
     for (size_t n = 0; ok && n < names->count; n++) {
       int nr = seccomp_syscall_resolve_name(names->items[n].text);
       if (nr == __NR_SCMP_ERROR) continue; /* unknown to libseccomp: skipped, as runc does */
-      for (size_t a = 0; ok && a < nalone; a++)
-        if (seccomp_rule_add_array(ctx, action, nr, 1, &alone[a]) != 0) ok = 0;
-      if (ok && (nconditions > 0 || nalone == 0) &&
-          seccomp_rule_add_array(ctx, action, nr, (unsigned)nconditions, conditions) != 0)
+      /* runc: when one argument index has several conditions, every condition is a rule of its own (ORed);
+       * otherwise they are ANDed in one rule. */
+      if (repeated) {
+        for (size_t a = 0; ok && a < nconditions; a++)
+          if (seccomp_rule_add_array(ctx, action, nr, 1, &conditions[a]) != 0) ok = 0;
+      } else if (seccomp_rule_add_array(ctx, action, nr, (unsigned)nconditions, conditions) != 0) {
         ok = 0;
+      }
     }
   }
   int fd = ok ? memfd_create("seccomp-bpf", MFD_CLOEXEC) : -1;
   if (fd < 0 || seccomp_export_bpf(ctx, fd) != 0) ok = 0;
   seccomp_release(ctx);
   off_t size = ok ? lseek(fd, 0, SEEK_END) : 0;
-  if (size <= 0 || size % (off_t)sizeof(struct sock_filter) || size > 65536 * 8) ok = 0;
+  if (size <= 0 || size % (off_t)sizeof(struct sock_filter) || size > BPF_MAXINSNS * (off_t)sizeof(struct sock_filter))
+    ok = 0;
   if (ok) {
     prog->filter = malloc((size_t)size);
     prog->len = (unsigned short)(size / (off_t)sizeof(struct sock_filter));
@@ -668,17 +673,26 @@ static int prepare_seccomp(struct plan *p) {
     cache = -1;
   }
   if (cache < 0) return compile_seccomp(s, &p->filter, &p->seccomp_flags);
-  snprintf(name, sizeof name, "seccomp-%016llx", (unsigned long long)fnv1a(s->source, s->source_len));
+  /* The key and the file name both carry what made the filter: this format and compiler, and libseccomp's version. */
+  const struct scmp_version *v = seccomp_version();
+  char made[96];
+  snprintf(made, sizeof made, "faasd-runc seccomp cache 2, libseccomp %u.%u.%u\n", v->major, v->minor, v->micro);
+  uint64_t key = fnv1a(s->source, s->source_len) ^ fnv1a(made, strlen(made));
+  snprintf(name, sizeof name, "seccomp-%016llx", (unsigned long long)key);
+  size_t made_len = strlen(made);
   size_t len;
   char *cached = read_file_at(cache, name, 8 * 1024 * 1024, &len);
   uint64_t text_len;
-  /* Layout: the profile's length (8 bytes), its text, the flags (4 bytes), then the BPF program. */
-  if (cached && len > 12 && (memcpy(&text_len, cached, 8), text_len == s->source_len) &&
-      len >= 12 + text_len && memcmp(cached + 8, s->source, text_len) == 0 &&
-      (len - 12 - text_len) % sizeof(struct sock_filter) == 0 && len > 12 + text_len) {
-    memcpy(&p->seccomp_flags, cached + 8 + text_len, 4);
-    p->filter.len = (unsigned short)((len - 12 - text_len) / sizeof(struct sock_filter));
-    p->filter.filter = (struct sock_filter *)(void *)(cached + 12 + text_len);
+  /* Layout: the maker line, the profile's length (8 bytes), its text, the flags (4 bytes), then the BPF program. */
+  const char *body = cached ? cached + made_len : NULL;
+  size_t rest = cached && len >= made_len ? len - made_len : 0;
+  if (cached && rest > 12 && memcmp(cached, made, made_len) == 0 && (memcpy(&text_len, body, 8), text_len == s->source_len) &&
+      rest >= 12 + text_len && memcmp(body + 8, s->source, text_len) == 0 &&
+      (rest - 12 - text_len) % sizeof(struct sock_filter) == 0 && rest > 12 + text_len &&
+      (rest - 12 - text_len) / sizeof(struct sock_filter) <= BPF_MAXINSNS) {
+    memcpy(&p->seccomp_flags, body + 8 + text_len, 4);
+    p->filter.len = (unsigned short)((rest - 12 - text_len) / sizeof(struct sock_filter));
+    p->filter.filter = (struct sock_filter *)(void *)(body + 12 + text_len);
     close(cache);
     return 1;
   }
@@ -690,7 +704,7 @@ static int prepare_seccomp(struct plan *p) {
   if (fd < 0) return close(cache), 1; /* not cached: compiled again next time */
   uint64_t n = s->source_len;
   size_t bpf = p->filter.len * sizeof(struct sock_filter);
-  int ok = write(fd, &n, 8) == 8 && write(fd, s->source, n) == (ssize_t)n &&
+  int ok = write(fd, made, made_len) == (ssize_t)made_len && write(fd, &n, 8) == 8 && write(fd, s->source, n) == (ssize_t)n &&
            write(fd, &p->seccomp_flags, 4) == 4 && write(fd, p->filter.filter, bpf) == (ssize_t)bpf;
   close(fd);
   if (!ok || renameat(cache, tmp, cache, name) != 0) unlinkat(cache, tmp, 0);
@@ -707,7 +721,18 @@ struct child {
   char err[1024];
   /* HOME for an env without one, as runc sets it: the user's home in the image's /etc/passwd, else "/". */
   char home[PATH_MAX];
+  /* The working directory, opened (O_PATH) in the container. */
+  int cwd;
 };
+
+/*
+ * Opens path in the container (after pivot_root) without following magic links (/proc/self/exe, /proc/self/fd/N…):
+ * those are the ways out of the container's root that an image could name as its cwd, its executable or a PATH entry.
+ */
+static int open_in_container(const char *path, int flags) {
+  struct open_how how = {.flags = (uint64_t)(flags | O_CLOEXEC), .resolve = RESOLVE_NO_MAGICLINKS};
+  return (int)syscall(SYS_openat2, AT_FDCWD, path, &how, sizeof how);
+}
 
 static int child_fail(struct child *c, const char *what, const char *path) {
   snprintf(c->err, sizeof c->err, "%s %s: %s", what, path, strerror(errno));
@@ -837,28 +862,52 @@ static int paths_after_pivot(struct child *c) {
 
 static void find_home(struct child *c) {
   snprintf(c->home, sizeof c->home, "/");
-  FILE *f = fopen("/etc/passwd", "re");
-  char line[4096];
-  while (f && fgets(line, sizeof line, f)) {
+  /* Non-blocking and a regular file only: an image's /etc/passwd may be a FIFO or /dev/zero. */
+  int fd = open_in_container("/etc/passwd", O_RDONLY | O_NONBLOCK);
+  struct stat st;
+  if (fd < 0) return;
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    close(fd);
+    return;
+  }
+  static char text[1024 * 1024 + 1];
+  size_t len = 0;
+  for (ssize_t r; len < sizeof text - 1 && (r = read(fd, text + len, sizeof text - 1 - len)) > 0;) len += (size_t)r;
+  close(fd);
+  text[len] = 0;
+  for (char *line = text, *next; line && *line; line = next) {
+    next = strchr(line, '\n');
+    if (next) *next++ = 0;
     /* name:password:uid:gid:gecos:home:shell */
     char *field[7] = {line}, *s = line;
     int n = 1;
     while (n < 7 && (s = strchr(s, ':'))) *s++ = 0, field[n++] = s;
     char *end;
-    if (n < 7 || strtoul(field[2], &end, 10) != c->p->uid || *end || !*field[2]) continue;
+    if (n < 7 || !*field[2] || strtoul(field[2], &end, 10) != c->p->uid || *end) continue;
     if (*field[5]) snprintf(c->home, sizeof c->home, "%s", field[5]);
     break;
   }
-  if (f) fclose(f);
 }
 
-/* The executable args[0] names, looked up on the config's PATH as runc does (in the container, as root). */
+/* Whether path (in the container) is a file the process may be: executable, and not this program. */
+static int runnable(const struct child *c, const char *path) {
+  int fd = open_in_container(path, O_PATH);
+  struct stat st;
+  int ok = fd >= 0 && fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && (st.st_mode & 0111) &&
+           !(st.st_dev == c->p->self_dev && st.st_ino == c->p->self_ino);
+  if (fd >= 0) close(fd);
+  return ok;
+}
+
+/*
+ * The executable args[0] names, looked up on the config's PATH as runc does (in the container, as root, relative
+ * names from the working directory); never through a magic link, never this program.
+ */
 static int look_path(struct child *c, char *out, size_t out_len) {
   const char *name = c->p->args->items[0].text, *path = "";
-  struct stat st;
   if (strchr(name, '/')) {
     snprintf(out, out_len, "%s", name);
-    if (stat(out, &st) == 0 && S_ISREG(st.st_mode) && st.st_mode & 0111) return 0;
+    if (runnable(c, out)) return 0;
     return child_fail(c, "exec", name);
   }
   for (size_t i = 0; c->p->env && i < c->p->env->count; i++)
@@ -867,12 +916,26 @@ static int look_path(struct child *c, char *out, size_t out_len) {
     const char *e = strchrnul(s, ':');
     int n = (int)(e - s);
     snprintf(out, out_len, "%.*s/%s", n ? n : 1, n ? s : ".", name);
-    if (stat(out, &st) == 0 && S_ISREG(st.st_mode) && st.st_mode & 0111) return 0;
+    if (runnable(c, out)) return 0;
     if (!*e) break;
     s = e + 1;
   }
   snprintf(c->err, sizeof c->err, "exec: \"%s\": executable file not found in $PATH", name);
   return -1;
+}
+
+/* Opens the working directory (c->cwd), making it first when missing, as runc does, before the root goes read-only. */
+static int open_cwd(struct child *c) {
+  c->cwd = open_in_container(c->p->cwd, O_PATH | O_DIRECTORY);
+  if (c->cwd < 0 && errno == ENOENT) {
+    int root = open("/", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int made = root >= 0 ? open_in_root(c, root, c->p->cwd, 0) : -1;
+    if (root >= 0) close(root);
+    if (made < 0) return made == -2 ? -2 : child_fail(c, "create cwd", c->p->cwd);
+    close(made);
+    c->cwd = open_in_container(c->p->cwd, O_PATH | O_DIRECTORY);
+  }
+  return c->cwd < 0 ? child_fail(c, "cwd", c->p->cwd) : 0;
 }
 
 static int set_identity(struct child *c) {
@@ -929,22 +992,37 @@ static int setup_child(struct child *c, char *exe, size_t exe_len) {
     return child_fail(c, "detach old root", "");
   close(old);
   close(root);
+  if ((r = open_cwd(c)) != 0) return r;
   if ((r = paths_after_pivot(c)) != 0) return r;
   if (p->hostname && sethostname(p->hostname, strlen(p->hostname)) != 0) return child_fail(c, "sethostname", "");
   if (p->new_keyring && syscall(SYS_keyctl, 1 /* KEYCTL_JOIN_SESSION_KEYRING */, NULL) < 0)
     return child_fail(c, "join session keyring", "");
   for (int i = 0; i < RLIM_NLIMITS; i++)
     if (p->rlimit_set[i] && setrlimit(i, &p->rlimits[i]) != 0) return child_fail(c, "setrlimit", RLIMIT_NAMES[i]);
-  if (chdir(p->cwd) != 0) return child_fail(c, "chdir", p->cwd);
+  if (fchdir(c->cwd) != 0) return child_fail(c, "chdir", p->cwd);
+  close(c->cwd);
   find_home(c);
   if ((r = look_path(c, exe, exe_len)) != 0) return r;
   return set_identity(c);
 }
 
+/* Closes every descriptor from first up, with close_range or, on kernels without it, one by one. */
+static void close_from(int first) {
+  if (syscall(SYS_close_range, (unsigned)first, ~0U, 0) == 0) return;
+  struct rlimit r;
+  int last = getrlimit(RLIMIT_NOFILE, &r) == 0 && r.rlim_cur < 1 << 20 ? (int)r.rlim_cur : 1 << 20;
+  for (int fd = first; fd < last; fd++) close(fd);
+}
+
 _Noreturn static void child_main(struct child *c, int fifo) {
   const struct plan *p = c->p;
-  /* Nothing this program holds, or was handed beyond stdio, reaches the process. */
-  syscall(SYS_close_range, 3, ~0U, CLOSE_RANGE_CLOEXEC);
+  /* Only stdio, the report socket and the exec FIFO stay: the state root and directory this program opened are host
+   * directories that the image could reach through /proc/self/fd (runc's CVE-2024-21626). */
+  int a = fcntl(c->sync, F_DUPFD_CLOEXEC, 10), b = fcntl(fifo, F_DUPFD_CLOEXEC, 10);
+  if (a < 0 || b < 0 || dup3(a, 3, O_CLOEXEC) != 3 || dup3(b, 4, O_CLOEXEC) != 4) _exit(1);
+  close_from(5);
+  c->sync = 3;
+  fifo = 4;
   sigset_t all;
   sigemptyset(&all);
   sigprocmask(SIG_SETMASK, &all, NULL);
@@ -1079,7 +1157,11 @@ void create(const struct globals *g, int argc, char **argv) {
     else return;
   }
   p->id = argv[argc - 1];
-  if (i != argc - 1 || !p->bundle || !p->pid_file || p->bundle[0] != '/' || p->pid_file[0] != '/') return;
+  struct stat self;
+  if (stat("/proc/self/exe", &self) != 0) return;
+  p->self_dev = self.st_dev;
+  p->self_ino = self.st_ino;
+  if (!plain_id(p->id) || i != argc - 1 || !p->bundle || !p->pid_file || p->bundle[0] != '/' || p->pid_file[0] != '/') return;
   int bundle = open(p->bundle, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (bundle < 0) return;
   size_t len;
@@ -1127,8 +1209,22 @@ void create(const struct globals *g, int argc, char **argv) {
     child_main(&c, fifo);
   }
   close(sync[1]);
+  /* The state first: should this program be killed while the init sets up, `delete --force` finds and ends it. */
+  long long start = process_start(child);
+  if (start < 0 || write_state(dir, p, child, start) != 0) {
+    int saved = errno;
+    undo(root, p, child);
+    die(g, "write state: %s", strerror(saved));
+  }
   char msg[1024 + 1] = "";
-  ssize_t n = recv(sync[0], msg, sizeof msg - 1, 0);
+  struct pollfd report = {.fd = sync[0], .events = POLLIN};
+  int ready;
+  while ((ready = poll(&report, 1, SETUP_TIMEOUT_MS)) < 0 && errno == EINTR) {}
+  ssize_t n = ready > 0 ? recv(sync[0], msg, sizeof msg - 1, 0) : -1;
+  if (ready == 0) {
+    undo(root, p, child);
+    die(g, "runc create failed: the container's init did not finish its setup within %d s", SETUP_TIMEOUT_MS / 1000);
+  }
   if (n > 0 && strcmp(msg, FALLBACK) == 0) {
     /* A symlink on a mount's way: runc resolves those in the rootfs; nothing of this attempt is left. */
     undo(root, p, child);
@@ -1139,8 +1235,7 @@ void create(const struct globals *g, int argc, char **argv) {
     die(g, "runc create failed: unable to start container process: %s",
         n > 0 ? msg : "the container's init exited during setup");
   }
-  long long start = process_start(child);
-  if (start < 0 || write_state(dir, p, child, start) != 0 || write_pid_file(p->pid_file, child) != 0) {
+  if (write_pid_file(p->pid_file, child) != 0) {
     int saved = errno;
     undo(root, p, child);
     die(g, "write state: %s", strerror(saved));

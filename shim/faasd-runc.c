@@ -50,7 +50,7 @@ static void exec_runtime(void) {
 }
 
 /* A container id as runc accepts it (^[\w+-\.]+$, not "." or ".."): safe as one path element. */
-static int plain_id(const char *s) {
+int plain_id(const char *s) {
   if (!*s || strlen(s) > 1024 || strcmp(s, ".") == 0 || strcmp(s, "..") == 0) return 0;
   for (; *s; s++)
     if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') || strchr("_+-.", *s)))

@@ -19,6 +19,8 @@ _Noreturn void die(const struct globals *g, const char *fmt, ...) __attribute__(
 int init_running(long long pid, long long start);
 /* The start time (field 22 of /proc/PID/stat) of pid; -1 when unknown. */
 long long process_start(long long pid);
+/* Whether s is a container id as runc accepts it (^[\w+-.]+$, not "." or ".."): safe as one path element. */
+int plain_id(const char *s);
 /* Reads a whole file (at most max bytes) into a NUL-terminated buffer; NULL on error or when larger. */
 char *read_file_at(int dir, const char *name, size_t max, size_t *len);
 

@@ -165,6 +165,9 @@ static int parse_items(struct parser *ps, struct json *v, int depth, char close)
     if (close == '}') {
       if (ps->p >= ps->end || *ps->p != '"') return fail(ps, "expected a member name");
       if (!(v->keys[v->count] = parse_string(ps))) return 0;
+      /* Readers differ on a repeated member (Go's takes the last): refused, so that no two readers differ. */
+      for (size_t k = 0; k < v->count; k++)
+        if (strcmp(v->keys[k], v->keys[v->count]) == 0) return fail(ps, "repeated member");
       skip_space(ps);
       if (ps->p >= ps->end || *ps->p != ':') return fail(ps, "expected ':'");
       ps->p++;
@@ -210,7 +213,7 @@ static int parse_value(struct parser *ps, struct json *v, int depth) {
     ps->p += 4;
   } else if (c == '-' || (c >= '0' && c <= '9')) {
     v->type = JSON_NUMBER;
-    while (ps->p < ps->end && strchr("+-0123456789.eE", *ps->p)) ps->p++;
+    while (ps->p < ps->end && *ps->p && strchr("+-0123456789.eE", *ps->p)) ps->p++;
     v->text = xcalloc((size_t)(ps->p - start) + 1, 1);
     memcpy(v->text, start, (size_t)(ps->p - start));
   } else {

@@ -20,7 +20,9 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <limits.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -67,17 +69,54 @@ static const char *procs_dir(const struct own *c) {
   return first;
 }
 
-static void signal_all(const struct own *c, int sig) {
-  const char *dir = procs_dir(c);
-  char path[4096];
-  if (!dir || snprintf(path, sizeof path, "%s/cgroup.procs", dir) >= (int)sizeof path) return;
-  FILE *f = fopen(path, "re");
-  long long pid;
-  while (f && fscanf(f, "%lld", &pid) == 1) kill((pid_t)pid, sig);
-  if (f) fclose(f);
+/*
+ * Signals the init through a pidfd opened while its start time still matches (so a reused pid is never signalled);
+ * -1 when it is not running.
+ */
+static int signal_init(const struct own *c, int sig) {
+  int fd = (int)syscall(SYS_pidfd_open, (pid_t)c->pid, 0);
+  if (fd < 0) return -1;
+  int ok = init_running(c->pid, c->start) == 1 && syscall(SYS_pidfd_send_signal, fd, sig, NULL, 0) == 0;
+  close(fd);
+  return ok ? 0 : -1;
 }
 
-/* Removes the cgroup directories and the state directory; 0 when something does not go. */
+/* The container's directory in the cgroup hierarchy whose path starts with prefix; NULL when it has none. */
+static const char *cgroup_dir(const struct own *c, const char *prefix) {
+  const struct json *cgroups = json_get(c->state, "cgroups");
+  for (size_t i = 0; cgroups && i < cgroups->count; i++) {
+    const char *path = cgroups->items[i].type == JSON_STRING ? cgroups->items[i].text : "";
+    if (strncmp(path, prefix, strlen(prefix)) == 0) return path;
+  }
+  return NULL;
+}
+
+static int write_text(const char *dir, const char *name, const char *value) {
+  char path[4096];
+  if (snprintf(path, sizeof path, "%s/%s", dir, name) >= (int)sizeof path) return -1;
+  FILE *f = fopen(path, "we");
+  if (!f) return -1;
+  int ok = fputs(value, f) >= 0;
+  return fclose(f) == 0 && ok ? 0 : -1;
+}
+
+/* kill --all with a signal other than SIGKILL: every process but the init, frozen meanwhile (as runc does, so that
+ * none forks past the signal), then the init. */
+static void signal_all(const struct own *c, int sig) {
+  const char *dir = procs_dir(c), *freezer = cgroup_dir(c, "/sys/fs/cgroup/freezer/");
+  char path[4096];
+  if (!dir || snprintf(path, sizeof path, "%s/cgroup.procs", dir) >= (int)sizeof path) return;
+  int frozen = freezer && write_text(freezer, "freezer.state", "FROZEN") == 0;
+  FILE *f = fopen(path, "re");
+  long long pid;
+  while (f && fscanf(f, "%lld", &pid) == 1)
+    if (pid != c->pid) kill((pid_t)pid, sig);
+  if (f) fclose(f);
+  if (frozen) write_text(freezer, "freezer.state", "THAWED");
+}
+
+/* Removes the cgroup directories and then the state directory; 0 when a cgroup does not go (the state, which names
+ * them, is then kept for another try). */
 static int remove_all(int root, const struct own *c) {
   const struct json *cgroups = json_get(c->state, "cgroups");
   int ok = 1;
@@ -88,9 +127,10 @@ static int remove_all(int root, const struct own *c) {
     for (int tries = 0; rmdir(path) != 0 && errno == EBUSY && tries < 100; tries++) usleep(10000);
     if (access(path, F_OK) == 0) ok = 0;
   }
+  if (!ok) return 0;
   unlinkat(c->dir, "exec.fifo", 0);
   unlinkat(c->dir, OWN_STATE, 0);
-  return unlinkat(root, c->id, AT_REMOVEDIR) == 0 && ok;
+  return unlinkat(root, c->id, AT_REMOVEDIR) == 0;
 }
 
 static void print_state(const struct own *c) {
@@ -124,7 +164,7 @@ _Noreturn void own_command(const struct globals *g, int root, const char *comman
   if (!text || !(c.state = json_parse(text, len, err, sizeof err))) die(g, "container does not exist: %s", id);
   c.pid = json_i64(json_get(c.state, "pid"), &ok1);
   c.start = json_i64(json_get(c.state, "start"), &ok2);
-  if (!ok1 || !ok2 || !json_get(c.state, "bundle") || !json_get(c.state, "rootfs") || !json_get(c.state, "created"))
+  if (!ok1 || !ok2 || c.pid <= 0 || c.pid > INT_MAX || c.start < 0 || !json_get(c.state, "bundle") || !json_get(c.state, "rootfs") || !json_get(c.state, "created"))
     die(g, "faasd-runc: state of %s is damaged", id);
 
   if (strcmp(command, "start") == 0) {
@@ -156,16 +196,18 @@ _Noreturn void own_command(const struct globals *g, int root, const char *comman
     if (s < 0) die(g, "unknown signal %s", sig);
     if (init_running(c.pid, c.start) != 1) die(g, "container not running");
     if (all && s != SIGKILL) signal_all(&c, s);
-    if (kill((pid_t)c.pid, s) != 0) die(g, "container not running");
+    if (signal_init(&c, s) != 0) die(g, "container not running");
     exit(0);
   }
   if (strcmp(command, "delete") == 0) {
-    if (init_running(c.pid, c.start) != 0) {
+    int running = init_running(c.pid, c.start);
+    if (running < 0) die(g, "cannot tell whether container %s still runs", id);
+    if (running) {
       /* As runc: a created container (never started) is killed and removed; a running one only with --force. */
       const char *status = status_of(&c);
       if (!force && strcmp(status, "created") != 0)
         die(g, "cannot delete container %s that is not stopped: %s", id, status);
-      kill((pid_t)c.pid, SIGKILL);
+      signal_init(&c, SIGKILL);
       for (int tries = 0; init_running(c.pid, c.start) != 0; tries++) {
         if (tries == 1000) die(g, "container %s did not stop after SIGKILL", id);
         usleep(10000);

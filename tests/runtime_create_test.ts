@@ -266,6 +266,44 @@ Deno.test({
 });
 
 Deno.test({
+  name: "faasd-runc create: an image cannot reach the host through the runtime's descriptors or binary " +
+    "(magic links as cwd, executable or through a symlink), nor hang it with a device as /etc/passwd",
+  ignore: !await ownCreateHost(),
+  fn: async () => {
+    const s = await scene();
+    try {
+      const attempts: [string, (spec: Record<string, unknown>) => void][] = [
+        ["cwd", (spec) => (spec.process as { cwd: string }).cwd = "/proc/self/fd/3"],
+        ["cwd-exe", (spec) => (spec.process as { cwd: string }).cwd = "/proc/self/root/../../.."],
+        ["exe", (spec) => (spec.process as { args: string[] }).args = ["/proc/self/exe"]],
+        ["fd", (spec) => (spec.process as { args: string[] }).args = ["/proc/self/fd/4"]],
+        ["link", (spec) => (spec.process as { args: string[] }).args = ["/runtime"]],
+      ];
+      await Deno.symlink("/proc/self/exe", `${s.bundle}/rootfs/runtime`);
+      for (const [id, edit] of attempts) {
+        await s.writeSpec(id, "noconnect", edit);
+        const r = await s.create(BUILT_RUNTIME, id);
+        assertEquals(r.code, 1, `${id}: created (${r.pid})`);
+        assertStringIncludes(r.log, "unable to start container process");
+        assert(!await exists(`${s.root}/${id}`) && !await exists(s.cgroupDir("pids", id)), `${id}: left behind`);
+      }
+      // /etc/passwd as a device that never ends: HOME falls back to "/", and the create does not hang.
+      await Deno.mkdir(`${s.bundle}/rootfs/etc`);
+      await Deno.symlink("/dev/zero", `${s.bundle}/rootfs/etc/passwd`);
+      await s.writeSpec("zero", "noconnect");
+      const zero = await s.create(BUILT_RUNTIME, "zero");
+      assertEquals(zero.code, 0, zero.log);
+      assertEquals((await s.runtime("start", "zero")).code, 0);
+      const environ = await Deno.readTextFile(`/proc/${zero.pid}/environ`);
+      assert(environ.split("\0").includes("HOME=/"), environ);
+      assertEquals(await s.runcCalls(), []);
+    } finally {
+      await s.cleanup();
+    }
+  },
+});
+
+Deno.test({
   name: "faasd-runc create compiles a seccomp profile once into /run/faasd-runc, and recompiles over a cache file " +
     "that holds another profile's text",
   ignore: !await ownCreateHost(),
