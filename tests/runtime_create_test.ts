@@ -25,6 +25,12 @@ async function stopped(pid: number): Promise<boolean> {
   return stat === null || / [ZX] /.test(stat.slice(stat.lastIndexOf(")")));
 }
 
+/** Waits until pid runs the handler: `start` returns once the init has its byte, a moment before it execs. */
+async function execed(pid: number): Promise<void> {
+  const running = async () => (await Deno.readTextFile(`/proc/${pid}/cmdline`).catch(() => "")).startsWith("/handler");
+  assert(await waitUntil(running), `${pid} did not exec the handler`);
+}
+
 /** A bundle with the test handler and faasd's spec, a state root, and runc on PATH recording its calls. */
 async function scene() {
   const dir = await Deno.makeTempDir({ prefix: "faasd-runc-create-" });
@@ -186,6 +192,8 @@ Deno.test({
       const started = await s.runtime("start", "f");
       assertEquals([started.code, started.stderr], [0, ""]);
       assertEquals(JSON.parse((await s.runtime("state", "f")).stdout).status, "running");
+      await execed(viaRunc.pid);
+      await execed(own.pid);
       const [a, b] = [await portrait(viaRunc.pid, "r", s.cgroupDir), await portrait(own.pid, "f", s.cgroupDir)];
       assertEquals(b, a);
       // What the comparison rests on: the spec's own asks, seen in the faasd-runc container.
@@ -294,6 +302,7 @@ Deno.test({
       const zero = await s.create(BUILT_RUNTIME, "zero");
       assertEquals(zero.code, 0, zero.log);
       assertEquals((await s.runtime("start", "zero")).code, 0);
+      await execed(zero.pid);
       const environ = await Deno.readTextFile(`/proc/${zero.pid}/environ`);
       assert(environ.split("\0").includes("HOME=/"), environ);
       assertEquals(await s.runcCalls(), []);
@@ -346,6 +355,7 @@ Deno.test({
       assertEquals(s2.code, 0, s2.log);
       assert((await Deno.readTextFile(file)).includes(marker), "the cache file was rewritten for this profile");
       assertEquals((await s.runtime("start", "s2")).code, 0);
+      await execed(s2.pid);
       const status = await Deno.readTextFile(`/proc/${s2.pid}/status`);
       assertStringIncludes(status, "Seccomp:\t2");
     } finally {
