@@ -84,6 +84,11 @@ function flagsFor(
   ];
 }
 
+/** Removes the runc state root the shims made for namespace (`/run/containerd/runc/NAMESPACE`), once it is empty. */
+async function removeRuncRoot(namespace: string): Promise<void> {
+  await Deno.remove(`/run/containerd/runc/${namespace}`).catch(() => {});
+}
+
 /** Starts the platform in-process against `ctd`. */
 export async function startTestPlatform(
   ctd: ContainerdInstance,
@@ -106,6 +111,7 @@ export async function startTestPlatform(
       await platform.close();
       // faasd keeps its guard table when containers may still run; a test leaves none behind.
       await SocketGuard.removeLeftover(o.namespace);
+      await removeRuncRoot(o.namespace);
       if (!c.keepState) {
         for (const ip of ips) await releaseAddress(ip);
         await Deno.remove(o.stateDir, { recursive: true }).catch(() => {});
@@ -286,6 +292,7 @@ export async function startDaemon(ctd: ContainerdInstance, opts: TestPlatformOpt
     [Symbol.asyncDispose]: async () => {
       await stop();
       await SocketGuard.removeLeftover(o.namespace);
+      await removeRuncRoot(o.namespace);
       await Deno.remove(o.stateDir, { recursive: true }).catch(() => {});
     },
   };
