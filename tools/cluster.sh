@@ -181,6 +181,12 @@ remove_cgroups() {
   done
 }
 
+# Removes the runc state root of host $1's containerd namespace (faasd-hostI): its shims are gone with the netns,
+# so what runc or faasd-runc recorded there names nothing that runs.
+remove_runc_root() {
+  rm -rf -- "/run/containerd/runc/faasd-host$1"
+}
+
 sysctl_in() { ip netns exec "$1" sysctl -qw "${@:2}" >/dev/null; }
 
 # Refuses to go on when the machine already routes one of the cluster's ranges outside it (an uplink, a VPN): the
@@ -463,6 +469,7 @@ cmd_kill() {
   kill_ns "$(host_ns "$i")"
   unmount_under "$(host_dir "$i")"
   remove_cgroups "$i"
+  remove_runc_root "$i"
   write_index_files
   log "killed host$i"
 }
@@ -504,7 +511,10 @@ cmd_down() {
   ! ip link show "$ROOT_LINK" >/dev/null 2>&1 || ip link del "$ROOT_LINK"
   ! ip route show "$FUNCTION_POOL" | grep -q . || ip route del "$FUNCTION_POOL"
   local i
-  for i in $(host_indices); do remove_cgroups "$i"; done
+  for i in $(host_indices); do
+    remove_cgroups "$i"
+    remove_runc_root "$i"
+  done
   if [[ -d $DIR ]]; then
     unmount_under "$DIR"
     if ((keep == 0)); then
