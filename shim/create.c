@@ -18,8 +18,8 @@
  * releases), loads the seccomp filter and execs the process. The parent writes the pid file and its state (OWN_STATE)
  * and exits; the child is the shim's.
  *
- * The seccomp filter is compiled with libseccomp as runc does (rules on one argument index ORed, others ANDed), once
- * per profile: the BPF is kept in SECCOMP_CACHE, keyed by the profile's exact text. Unlike runc, syscalls
+ * The seccomp filter is compiled with libseccomp with runc's rule semantics, once per profile: the BPF is kept in
+ * SECCOMP_CACHE, keyed by the profile's exact text and what compiled it. Unlike runc, syscalls
  * newer than the profile get its default action, not ENOSYS.
  */
 #define _GNU_SOURCE
@@ -388,18 +388,6 @@ static int plan_config(const struct json *config, struct plan *p) {
 
 /* ---- cgroups ---- */
 
-static int write_file(const char *dir, const char *name, const char *value) {
-  char path[PATH_MAX];
-  if (snprintf(path, sizeof path, "%s/%s", dir, name) >= (int)sizeof path) return -1;
-  int fd = open(path, O_WRONLY | O_CLOEXEC);
-  if (fd < 0) return -1;
-  ssize_t n = write(fd, value, strlen(value));
-  int saved = errno;
-  close(fd);
-  errno = saved;
-  return n == (ssize_t)strlen(value) ? 0 : -1;
-}
-
 /*
  * The cgroup directories of the container: cgroupsPath under the mount of each hierarchy this process is in (from
  * /proc/self/cgroup: /sys/fs/cgroup/NAME for a v1 hierarchy, /sys/fs/cgroup/unified for v2), when the memory, pids,
@@ -479,12 +467,9 @@ static int make_cgroup(const char *path) {
   return 0;
 }
 
-static const char *const DEVICE_RULES[] = {"c *:* m",   "b *:* m",   "c 1:3 rwm",  "c 1:8 rwm",   "c 1:7 rwm", "c 5:0 rwm",
+/* runc 1.1's default device rules (what it adds to a config's "deny all"). */
+static const char *const DEVICE_RULES[] = {"c *:* m",   "b *:* m",   "c 1:3 rwm",   "c 1:8 rwm", "c 1:7 rwm",   "c 5:0 rwm",
                                            "c 1:5 rwm", "c 1:9 rwm", "c 136:* rwm", "c 5:2 rwm", "c 10:200 rwm"};
-
-static void remove_cgroups(const struct plan *p) {
-  for (size_t i = 0; i < p->ncgroups; i++) rmdir(p->cgroups[i]);
-}
 
 /* Makes and limits the cgroups; on error, a message in err. */
 static int setup_cgroups(struct plan *p, char *err, size_t err_len) {
@@ -673,26 +658,30 @@ static int prepare_seccomp(struct plan *p) {
     cache = -1;
   }
   if (cache < 0) return compile_seccomp(s, &p->filter, &p->seccomp_flags);
-  /* The key and the file name both carry what made the filter: this format and compiler, and libseccomp's version. */
+  /*
+   * A cache file is its key, then the filter: the key is what made the filter (this format and libseccomp's version),
+   * the profile's length (8 bytes) and its text; the filter is the flags (4 bytes) and the BPF program.
+   */
   const struct scmp_version *v = seccomp_version();
   char made[96];
-  snprintf(made, sizeof made, "faasd-runc seccomp cache 2, libseccomp %u.%u.%u\n", v->major, v->minor, v->micro);
-  uint64_t key = fnv1a(s->source, s->source_len) ^ fnv1a(made, strlen(made));
-  snprintf(name, sizeof name, "seccomp-%016llx", (unsigned long long)key);
-  size_t made_len = strlen(made);
+  int made_len = snprintf(made, sizeof made, "faasd-runc seccomp cache 2, libseccomp %u.%u.%u\n", v->major, v->minor,
+                          v->micro);
+  uint64_t text_len = s->source_len;
+  size_t key_len = (size_t)made_len + 8 + text_len;
+  char *key = malloc(key_len);
+  if (!key) return close(cache), 0;
+  memcpy(key, made, (size_t)made_len);
+  memcpy(key + made_len, &text_len, 8);
+  memcpy(key + made_len + 8, s->source, text_len);
+  snprintf(name, sizeof name, "seccomp-%016llx", (unsigned long long)fnv1a(key, key_len));
   size_t len;
   char *cached = read_file_at(cache, name, 8 * 1024 * 1024, &len);
-  uint64_t text_len;
-  /* Layout: the maker line, the profile's length (8 bytes), its text, the flags (4 bytes), then the BPF program. */
-  const char *body = cached ? cached + made_len : NULL;
-  size_t rest = cached && len >= made_len ? len - made_len : 0;
-  if (cached && rest > 12 && memcmp(cached, made, made_len) == 0 && (memcpy(&text_len, body, 8), text_len == s->source_len) &&
-      rest >= 12 + text_len && memcmp(body + 8, s->source, text_len) == 0 &&
-      (rest - 12 - text_len) % sizeof(struct sock_filter) == 0 && rest > 12 + text_len &&
-      (rest - 12 - text_len) / sizeof(struct sock_filter) <= BPF_MAXINSNS) {
-    memcpy(&p->seccomp_flags, body + 8 + text_len, 4);
-    p->filter.len = (unsigned short)((rest - 12 - text_len) / sizeof(struct sock_filter));
-    p->filter.filter = (struct sock_filter *)(void *)(body + 12 + text_len);
+  size_t program = cached && len > key_len + 4 ? (len - key_len - 4) / sizeof(struct sock_filter) : 0;
+  if (program > 0 && program <= BPF_MAXINSNS && len == key_len + 4 + program * sizeof(struct sock_filter) &&
+      memcmp(cached, key, key_len) == 0) {
+    memcpy(&p->seccomp_flags, cached + key_len, 4);
+    p->filter.len = (unsigned short)program;
+    p->filter.filter = (struct sock_filter *)(void *)(cached + key_len + 4);
     close(cache);
     return 1;
   }
@@ -702,10 +691,9 @@ static int prepare_seccomp(struct plan *p) {
   snprintf(tmp, sizeof tmp, "%s.%d", name, getpid());
   int fd = openat(cache, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   if (fd < 0) return close(cache), 1; /* not cached: compiled again next time */
-  uint64_t n = s->source_len;
   size_t bpf = p->filter.len * sizeof(struct sock_filter);
-  int ok = write(fd, made, made_len) == (ssize_t)made_len && write(fd, &n, 8) == 8 && write(fd, s->source, n) == (ssize_t)n &&
-           write(fd, &p->seccomp_flags, 4) == 4 && write(fd, p->filter.filter, bpf) == (ssize_t)bpf;
+  int ok = write(fd, key, key_len) == (ssize_t)key_len && write(fd, &p->seccomp_flags, 4) == 4 &&
+           write(fd, p->filter.filter, bpf) == (ssize_t)bpf;
   close(fd);
   if (!ok || renameat(cache, tmp, cache, name) != 0) unlinkat(cache, tmp, 0);
   close(cache);
@@ -1133,7 +1121,7 @@ static void undo(int root, struct plan *p, pid_t child) {
     kill(child, SIGKILL);
     waitpid(child, NULL, 0);
   }
-  remove_cgroups(p);
+  for (size_t i = 0; i < p->ncgroups; i++) remove_cgroup(p->cgroups[i]);
   int dir = openat(root, p->id, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dir >= 0) {
     unlinkat(dir, "exec.fifo", 0);

@@ -83,6 +83,28 @@ char *read_file_at(int dir, const char *name, size_t max, size_t *len) {
 /* Reads runc's state file of the container in dir; NULL when missing or too large. */
 static char *read_state(int dir) { return read_file_at(dir, "state.json", STATE_MAX, NULL); }
 
+int write_file(const char *dir, const char *name, const char *value) {
+  char path[4096];
+  if (snprintf(path, sizeof path, "%s/%s", dir, name) >= (int)sizeof path) return -1;
+  int fd = open(path, O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return -1;
+  ssize_t n = write(fd, value, strlen(value));
+  int saved = errno;
+  close(fd);
+  errno = saved;
+  return n == (ssize_t)strlen(value) ? 0 : -1;
+}
+
+int remove_cgroup(const char *path) {
+  /* A cgroup may stay busy for a moment after its last process exited: retried for up to a second. */
+  for (int tries = 0; rmdir(path) != 0; tries++) {
+    if (errno == ENOENT) return 0;
+    if (errno != EBUSY || tries == 100) return -1;
+    usleep(10000);
+  }
+  return 0;
+}
+
 _Noreturn void die(const struct globals *g, const char *fmt, ...) {
   char msg[2048];
   va_list ap;

@@ -21,6 +21,10 @@ int init_running(long long pid, long long start);
 long long process_start(long long pid);
 /* Whether s is a container id as runc accepts it (^[\w+-.]+$, not "." or ".."): safe as one path element. */
 int plain_id(const char *s);
+/* Writes value to the file dir/name (a cgroup file: one write); -1 with errno on error. */
+int write_file(const char *dir, const char *name, const char *value);
+/* Removes a cgroup directory (gone already is fine); -1 with errno when it does not go. */
+int remove_cgroup(const char *path);
 /* Reads a whole file (at most max bytes) into a NUL-terminated buffer; NULL on error or when larger. */
 char *read_file_at(int dir, const char *name, size_t max, size_t *len);
 

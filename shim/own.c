@@ -56,19 +56,6 @@ static int signal_number(const char *s) {
   return -1;
 }
 
-/* The cgroup directory whose cgroup.procs lists the container's processes (its pids hierarchy, else the first). */
-static const char *procs_dir(const struct own *c) {
-  const struct json *cgroups = json_get(c->state, "cgroups");
-  const char *first = NULL;
-  for (size_t i = 0; cgroups && i < cgroups->count; i++) {
-    const char *path = cgroups->items[i].type == JSON_STRING ? cgroups->items[i].text : NULL;
-    if (!path) continue;
-    if (strncmp(path, "/sys/fs/cgroup/pids/", 20) == 0) return path;
-    if (!first) first = path;
-  }
-  return first;
-}
-
 /*
  * Signals the init through a pidfd opened while its start time still matches (so a reused pid is never signalled);
  * -1 when it is not running.
@@ -91,13 +78,11 @@ static const char *cgroup_dir(const struct own *c, const char *prefix) {
   return NULL;
 }
 
-static int write_text(const char *dir, const char *name, const char *value) {
-  char path[4096];
-  if (snprintf(path, sizeof path, "%s/%s", dir, name) >= (int)sizeof path) return -1;
-  FILE *f = fopen(path, "we");
-  if (!f) return -1;
-  int ok = fputs(value, f) >= 0;
-  return fclose(f) == 0 && ok ? 0 : -1;
+/* The cgroup directory whose cgroup.procs lists the container's processes (its pids hierarchy, else the first). */
+static const char *procs_dir(const struct own *c) {
+  const struct json *cgroups = json_get(c->state, "cgroups");
+  const char *pids = cgroup_dir(c, "/sys/fs/cgroup/pids/");
+  return pids ? pids : cgroups && cgroups->count && cgroups->items[0].type == JSON_STRING ? cgroups->items[0].text : NULL;
 }
 
 /* kill --all with a signal other than SIGKILL: every process but the init, frozen meanwhile (as runc does, so that
@@ -106,13 +91,13 @@ static void signal_all(const struct own *c, int sig) {
   const char *dir = procs_dir(c), *freezer = cgroup_dir(c, "/sys/fs/cgroup/freezer/");
   char path[4096];
   if (!dir || snprintf(path, sizeof path, "%s/cgroup.procs", dir) >= (int)sizeof path) return;
-  int frozen = freezer && write_text(freezer, "freezer.state", "FROZEN") == 0;
+  int frozen = freezer && write_file(freezer, "freezer.state", "FROZEN") == 0;
   FILE *f = fopen(path, "re");
   long long pid;
   while (f && fscanf(f, "%lld", &pid) == 1)
     if (pid != c->pid) kill((pid_t)pid, sig);
   if (f) fclose(f);
-  if (frozen) write_text(freezer, "freezer.state", "THAWED");
+  if (frozen) write_file(freezer, "freezer.state", "THAWED");
 }
 
 /* Removes the cgroup directories and then the state directory; 0 when a cgroup does not go (the state, which names
@@ -123,9 +108,7 @@ static int remove_all(int root, const struct own *c) {
   for (size_t i = 0; cgroups && i < cgroups->count; i++) {
     const char *path = cgroups->items[i].type == JSON_STRING ? cgroups->items[i].text : "";
     if (strncmp(path, "/sys/fs/cgroup/", 15) != 0 || strstr(path, "/..")) continue;
-    /* A cgroup still busy for a moment after its last process exited: retried briefly. */
-    for (int tries = 0; rmdir(path) != 0 && errno == EBUSY && tries < 100; tries++) usleep(10000);
-    if (access(path, F_OK) == 0) ok = 0;
+    if (remove_cgroup(path) != 0) ok = 0;
   }
   if (!ok) return 0;
   unlinkat(c->dir, "exec.fifo", 0);

@@ -14,16 +14,9 @@ import { loadSeccompProfile } from "../lib/seccomp.ts";
 import { compileHandler } from "./harness/images.ts";
 import { waitUntil } from "./harness/wait.ts";
 import { ownCreateHost } from "./harness/cgroups.ts";
-
-const REAL_RUNC = "/usr/sbin/runc";
+import { goRunc, REAL_RUNC, recordingRunc, stopped } from "./harness/runtime.ts";
 
 const exists = (path: string) => Deno.stat(path).then(() => true, () => false);
-
-/** Whether pid is gone or a zombie. */
-async function stopped(pid: number): Promise<boolean> {
-  const stat = await Deno.readTextFile(`/proc/${pid}/stat`).catch(() => null);
-  return stat === null || / [ZX] /.test(stat.slice(stat.lastIndexOf(")")));
-}
 
 /** Waits until pid runs the handler: `start` returns once the init has its byte, a moment before it execs. */
 async function execed(pid: number): Promise<void> {
@@ -40,8 +33,7 @@ async function scene() {
   await Deno.copyFile(await compileHandler(), `${bundle}/rootfs/handler`);
   await Deno.chmod(`${bundle}/rootfs/handler`, 0o755);
   await Deno.writeTextFile(`${dir}/control.sock`, "");
-  await Deno.writeTextFile(`${bin}/runc`, `#!/bin/sh\necho "$*" >> ${calls}\nexec ${REAL_RUNC} "$@"\n`);
-  await Deno.chmod(`${bin}/runc`, 0o755);
+  const runcCalls = await recordingRunc(bin, calls);
   const parent = `faasd-runc-create-${crypto.randomUUID().slice(0, 8)}`;
   const seccomp = await loadSeccompProfile("default", { capabilities: CAPABILITIES });
 
@@ -66,28 +58,10 @@ async function scene() {
     await Deno.writeTextFile(`${bundle}/config.json`, JSON.stringify(spec));
   };
 
-  /** Runs `binary` with go-runc's global flags, as the runc v2 shim does. */
-  const run = async (binary: string, ...args: string[]) => {
-    const piped = args[0] !== "create"; // a created container keeps its stdio open
-    const out = await new Deno.Command(binary, {
-      args: ["--root", root, "--log", `${dir}/log.json`, "--log-format", "json", ...args],
-      env: { PATH: `${bin}:/usr/sbin:/usr/bin:/sbin:/bin` },
-      clearEnv: true,
-      stdin: "null",
-      stdout: piped ? "piped" : "null",
-      stderr: piped ? "piped" : "null",
-    }).output();
-    const text = (b: Uint8Array) => new TextDecoder().decode(b);
-    return { code: out.code, stdout: piped ? text(out.stdout) : "", stderr: piped ? text(out.stderr) : "" };
-  };
+  const dirs = { root, log: `${dir}/log.json`, bin };
+  const run = (binary: string, ...args: string[]) => goRunc(binary, dirs, ...args);
   const runtime = (...args: string[]) => run(BUILT_RUNTIME, ...args);
   const runc = (...args: string[]) => run(REAL_RUNC, ...args);
-  /** runc's commands through PATH so far (the words after the global flags); then forgets them. */
-  const runcCalls = async () => {
-    const lines = (await Deno.readTextFile(calls).catch(() => "")).split("\n").filter(Boolean);
-    await Deno.remove(calls).catch(() => {});
-    return lines.map((l) => l.split(" ").slice(6).join(" "));
-  };
   const create = async (binary: string, id: string) => {
     const r = await run(binary, "create", "--bundle", bundle, "--pid-file", `${dir}/${id}.pid`, id);
     const log = await Deno.readTextFile(`${dir}/log.json`).catch(() => "");

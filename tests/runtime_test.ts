@@ -15,8 +15,7 @@ import { startTestPlatform } from "./harness/platform.ts";
 import { waitUntil } from "./harness/wait.ts";
 import { curl } from "./curl.ts";
 import { ownCreateHost } from "./harness/cgroups.ts";
-
-const REAL_RUNC = "/usr/sbin/runc";
+import { goRunc, REAL_RUNC, recordingRunc, stopped } from "./harness/runtime.ts";
 
 /** A bundle running the test handler, a state root, and a PATH whose runc records each call before running runc. */
 async function scene() {
@@ -26,33 +25,15 @@ async function scene() {
   await Deno.mkdir(bin);
   await Deno.copyFile(await compileHandler(), `${bundle}/rootfs/handler`);
   await Deno.chmod(`${bundle}/rootfs/handler`, 0o755);
-  await Deno.writeTextFile(`${bin}/runc`, `#!/bin/sh\necho "$*" >> ${calls}\nexec ${REAL_RUNC} "$@"\n`);
-  await Deno.chmod(`${bin}/runc`, 0o755);
+  const runcCalls = await recordingRunc(bin, calls);
   await new Deno.Command(REAL_RUNC, { args: ["spec", "--bundle", dir] }).output();
   const template = await Deno.readTextFile(`${dir}/config.json`);
   const parent = `faasd-runc-test-${crypto.randomUUID().slice(0, 8)}`;
   const cgroupDirs: string[] = [];
 
-  /** Runs faasd-runc with go-runc's global flags, as the runc v2 shim does. */
-  const runtime = async (...args: string[]) => {
-    const piped = args[0] !== "create"; // a created container keeps its stdio open
-    const out = await new Deno.Command(BUILT_RUNTIME, {
-      args: ["--root", root, "--log", `${dir}/log.json`, "--log-format", "json", ...args],
-      env: { PATH: `${bin}:/usr/sbin:/usr/bin:/sbin:/bin` },
-      clearEnv: true,
-      stdin: "null",
-      stdout: piped ? "piped" : "null",
-      stderr: piped ? "piped" : "null",
-    }).output();
-    const text = (b: Uint8Array) => new TextDecoder().decode(b);
-    return { code: out.code, stdout: piped ? text(out.stdout) : "", stderr: piped ? text(out.stderr) : "" };
-  };
-  /** runc's commands so far, each as the words after the global flags; then forgets them. */
-  const runcCalls = async () => {
-    const lines = (await Deno.readTextFile(calls).catch(() => "")).split("\n").filter(Boolean);
-    await Deno.remove(calls).catch(() => {});
-    return lines.map((l) => l.split(" ").slice(6).join(" "));
-  };
+  const dirs = { root, log: `${dir}/log.json`, bin };
+  /** Runs faasd-runc as the runc v2 shim does. */
+  const runtime = (...args: string[]) => goRunc(BUILT_RUNTIME, dirs, ...args);
   /** Creates container `id` running the handler in `mode` (through runc) and returns its init pid and cgroups. */
   const create = async (id: string, mode: string) => {
     const spec = JSON.parse(template);
@@ -78,12 +59,6 @@ async function scene() {
     await Deno.remove(dir, { recursive: true });
   };
   return { root, runtime, runcCalls, create, cleanup };
-}
-
-/** Whether pid is gone or a zombie (runc's "stopped"). */
-async function stopped(pid: number): Promise<boolean> {
-  const stat = await Deno.readTextFile(`/proc/${pid}/stat`).catch(() => null);
-  return stat === null || / [ZX] /.test(stat.slice(stat.lastIndexOf(")")));
 }
 
 const exists = (path: string) => Deno.stat(path).then(() => true, () => false);
